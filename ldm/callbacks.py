@@ -1,0 +1,63 @@
+"""Callbacks that use only public methods of a system.
+
+`ImageLogger` asks the system for named image batches through `log_images(batch, num_images)`
+(each (N, C, H, W) in [0, 1]) and writes each as a grid: a PNG under the run directory, and to
+every logger that can show images (W&B, TensorBoard).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import make_grid, save_image
+
+log = logging.getLogger(__name__)
+
+
+class ImageLogger(L.Callback):
+    """Every `every_n_epochs` validation epochs, log the grids from `pl_module.log_images`.
+
+    The images come from the first validation batch, so every epoch shows the same digits.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 64, save_dir: str | None = None) -> None:
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError(f"every_n_epochs={every_n_epochs} and num_images={num_images} must be >= 1")
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self.save_dir = Path(save_dir) if save_dir else None
+        self._batch: dict[str, torch.Tensor] | None = None
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and self._due(trainer):
+            self._batch = {k: v[: self.num_images] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._batch is None or not self._due(trainer):
+            return
+        grids = pl_module.log_images(self._batch, self.num_images)
+        self._batch = None
+        save_dir = self.save_dir or Path(trainer.default_root_dir) / "images"
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for name, images in grids.items():
+            grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=math.ceil(math.sqrt(len(images))))
+            save_image(grid, save_dir / f"{name}_epoch{trainer.current_epoch:03d}.png")
+            for logger in trainer.loggers:
+                _log_grid(logger, f"images/{name}", grid, trainer.global_step)
+
+
+def _log_grid(logger: object, key: str, grid: torch.Tensor, step: int) -> None:
+    """Send one (C, H, W) grid to a logger that can show images; others get the PNG only."""
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key=key, images=[grid], step=step)
+    elif isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(key, grid, step)

@@ -1,0 +1,1 @@
+"""Data: IDX image files decoded once into tensors, served in whole batches."""

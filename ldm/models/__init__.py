@@ -1,0 +1,1 @@
+"""Neural network architectures for the latent diffusion pipeline."""

@@ -1,0 +1,30 @@
+"""Learning-rate schedules shared by the systems.
+
+Hydra passes them as partials (`_partial_: true`); the system finishes them in
+`configure_optimizers` with the optimizer and the run's total number of optimizer steps,
+which is only known once the Trainer has seen the data.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
+) -> LambdaLR:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` * lr at `total_steps`."""
+    if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"warmup_steps={warmup_steps} must be >= 0 and min_lr_ratio={min_lr_ratio} in [0, 1]")
+    total_steps = max(int(total_steps), 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,141 @@
+"""VAEModule: trains the first stage, an `AutoencoderKL`, on images in [0, 1].
+
+Loss (negative ELBO with a weighted KL, i.e. a beta-VAE; Kingma & Welling 2014 eq. 3,
+Higgins et al. 2017):  L = E_q[ -log p(x|z) ] + beta * KL(q(z|x) || N(0, I)),
+both summed over pixels / latent dims and averaged over the batch. `recon_loss="bce"` is the
+Bernoulli likelihood of the original VAE; `mse` and `l1` are the usual alternatives. A small beta
+keeps reconstructions sharp while still pulling the posterior towards N(0, I), so its latents have
+a scale the diffusion stage can normalise. Samples decoded from the prior are the baseline the
+latent diffusion model is compared with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ldm.models.autoencoder import AutoencoderKL
+
+
+def bce(logits: Tensor, x: Tensor) -> Tensor:
+    """Bernoulli negative log-likelihood per image, (B,)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def mse(logits: Tensor, x: Tensor) -> Tensor:
+    """Squared error per image (a fixed-variance Gaussian likelihood up to constants), (B,)."""
+    return (torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1)
+
+
+def l1(logits: Tensor, x: Tensor) -> Tensor:
+    """Absolute error per image (a Laplace likelihood up to constants), (B,)."""
+    return (torch.sigmoid(logits) - x).abs().flatten(1).sum(1)
+
+
+# Each maps (logits, target in [0, 1]) -> per-image loss (B,), summed over pixels.
+RECON_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"bce": bce, "mse": mse, "l1": l1}
+
+
+class VAEModule(L.LightningModule):
+    """Lightning wrapper of a VAE.
+
+    Args:
+        vae: the network (built by Hydra, not stored in hyperparameters).
+        optimizer: partial optimizer, finished here with the VAE's parameters.
+        scheduler: optional partial LR schedule taking (optimizer, total_steps).
+        recon_loss: reconstruction term, one of "bce", "mse", "l1".
+        beta: weight of the KL term.
+        beta_warmup_steps: beta grows linearly from 0 over these training steps (0 = off);
+            validation and test always use the full beta, so val/loss is comparable across epochs.
+    """
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        recon_loss: Literal["bce", "mse", "l1"] = "bce",
+        beta: float = 1e-3,
+        beta_warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        if recon_loss not in RECON_LOSSES:
+            raise ValueError(f"model.recon_loss={recon_loss!r} is not one of {sorted(RECON_LOSSES)}")
+        if beta < 0 or beta_warmup_steps < 0:
+            raise ValueError(f"model.beta={beta} and model.beta_warmup_steps={beta_warmup_steps} must be >= 0")
+        self.save_hyperparameters(ignore=["vae", "optimizer", "scheduler"])
+        self.vae = vae
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.recon_fn = RECON_LOSSES[recon_loss]
+        self.psnr = torch.nn.ModuleDict({s: PeakSignalNoiseRatio(data_range=1.0) for s in ("val", "test")})
+        self.ssim = torch.nn.ModuleDict({s: StructuralSimilarityIndexMeasure(data_range=1.0) for s in ("val", "test")})
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Deterministic reconstruction: decode the posterior mean. (B, C, H, W) in [0, 1]."""
+        return self.vae.decode(self.vae.encode(x)[0])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        x = batch["image"]
+        train = stage == "train"
+        # Training samples z (the ELBO's Monte-Carlo estimate); evaluation decodes the mean.
+        logits, posterior = self.vae(x, sample_posterior=train)
+        recon = self.recon_fn(logits.float(), x.float()).mean()
+        kl = posterior.kl().float().mean()
+        beta = self.current_beta() if train else self.hparams.beta
+        loss = recon + beta * kl
+        metrics = {f"{stage}/loss": loss, f"{stage}/recon": recon, f"{stage}/kl": kl}
+        if train:
+            metrics["train/beta"] = float(beta)
+        else:
+            images = torch.sigmoid(logits.float()).clamp(0, 1)
+            self.psnr[stage](images, x)
+            self.ssim[stage](images, x)
+            metrics.update({f"{stage}/psnr": self.psnr[stage], f"{stage}/ssim": self.ssim[stage]})
+        self.log_dict(metrics, on_step=train, on_epoch=True, prog_bar=stage != "test",
+                      batch_size=len(x), sync_dist=not train)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.vae.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain values only, so `ldm.checkpoints.load_vae` can rebuild the VAE with weights_only=True.
+        checkpoint["ldm"] = {"kind": "vae", "vae_config": dict(self.vae.config)}
+
+    def current_beta(self) -> float:
+        """The KL weight at the current training step (linear warm-up, then constant)."""
+        warmup = self.hparams.beta_warmup_steps
+        if warmup == 0:
+            return self.hparams.beta
+        return self.hparams.beta * min(1.0, self.global_step / warmup)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decode z ~ N(0, I) from the prior: the VAE-only baseline. (N, C, H, W) in [0, 1]."""
+        z = torch.randn((num_samples, *self.vae.latent_shape), generator=generator, device=self.device)
+        return self.vae.decode(z)
+
+    @torch.no_grad()
+    def log_images(self, batch: dict[str, Tensor], num_images: int) -> dict[str, Tensor]:
+        """Grids for `ldm.callbacks.ImageLogger`: inputs, reconstructions and prior samples."""
+        x = batch["image"][:num_images]
+        generator = torch.Generator(device=self.device).manual_seed(0)  # same z every epoch
+        return {"inputs": x, "reconstructions": self(x), "prior_samples": self.sample(num_images, generator)}

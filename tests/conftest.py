@@ -1,0 +1,77 @@
+"""Shared fixtures: small MNIST-shaped IDX files, and composing the Hydra config like train.py does."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 320, 64
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write a uint8 array in the IDX format (optionally gzip-compressed, like the originals)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose content depends on the label (a bright bar at a label-dependent row) plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        row = 2 + 2 * int(label)
+        images[i, row : row + 3, 4:24] = 255
+    return images, labels
+
+
+def make_mnist(root: Path, folder: str = "MNIST", compress: bool = True) -> Path:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", N_TRAIN, 0), ("t10k", N_TEST, 1)):
+        images, labels = fake_digits(n, seed)
+        suffix = ".gz" if compress else ""
+        write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding MNIST/raw/*.gz with 320 train and 64 test fake digits."""
+    return make_mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    torch.manual_seed(0)
+
+
+def compose_cfg(tmp_path: Path, data_dir: Path, overrides: list[str] = ()):
+    """Compose conf/train.yaml as `python train.py <overrides>` would, with outputs in tmp_path."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import train  # noqa: F401  (registers the config resolvers)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.data_dir = str(data_dir)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        del cfg.hydra  # train() never reads it; resolvers still see HydraConfig
+    return cfg

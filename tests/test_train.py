@@ -1,0 +1,59 @@
+"""train(cfg) end to end on tiny fake MNIST: checkpoints, metrics, registry, run folder, W&B offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_cfg
+from ldm.checkpoints import find_latest, load_vae
+from train import train
+
+TINY = [
+    "debug=fast",
+    "trainer=cpu",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model.vae.hidden_channels=[8,16,16]",
+    "trainer.max_epochs=2",
+]
+
+
+def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path) -> None:
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "logger=csv", *TINY])
+    metrics = train(cfg)
+    for key in ("val/loss", "val/psnr", "val/ssim", "val/kl", "train/loss_epoch", "test/loss", "test/psnr"):
+        assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").read_text().count("${") == 0  # resolved
+    metrics_csv = (run / "csv" / "metrics.csv").read_text()
+    assert "val/loss" in metrics_csv and "train/recon_step" in metrics_csv
+    assert sorted(p.name for p in (run / "images").glob("*epoch001.png")) == [
+        "inputs_epoch001.png", "prior_samples_epoch001.png", "reconstructions_epoch001.png",
+    ]
+    ckpt = find_latest(tmp_path / "logs" / "latest", "vae")
+    assert ckpt.parent == run / "checkpoints"
+    entry = json.loads((tmp_path / "logs" / "latest" / "vae.json").read_text())
+    assert entry["run_dir"] == str(run) and "val/loss" in entry["metrics"]
+    assert load_vae(ckpt).latent_shape == (4, 7, 7)
+
+
+def test_train_vae_with_wandb_offline(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE")  # no API key here: the logger must choose offline by itself
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "logger=wandb", *TINY, "tags=[test]"])
+    metrics = train(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "expected one offline W&B run directory"
+    # wandb >= 0.2x keeps history, summary and config offline only in its binary run log
+    # (protobuf records: keys and JSON values are stored as plain strings).
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"val/loss", b"val/psnr", b"train/loss_step", b"trainer/global_step", b"hidden_channels"):
+        assert key in log, key
+    assert any((runs[0] / "files" / "media" / "images").rglob("prior_samples_*.png"))
+    assert "val/loss" in metrics

@@ -1,0 +1,100 @@
+"""Train one stage of the pipeline; Hydra composes conf/train.yaml.
+
+    python train.py model=vae                       # first stage
+    python train.py model=vae trainer=gpu logger=wandb
+    python train.py -m model=vae model.beta=1e-3,1e-2   # a multirun sweep
+
+`train(cfg)` is importable (tests call it) and returns the final metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.checkpoints import record_latest
+from ldm.loggers import finish_wandb
+
+log = logging.getLogger("train")
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _sweep_group(task: str) -> str | None:
+    """One W&B group per multirun, named after its sweep folder; single runs have none."""
+    return f"{task}-{Path(HydraConfig.get().sweep.dir).name}" if _multirun() else None
+
+
+def _run_name(task: str) -> str:
+    if _multirun():
+        job = HydraConfig.get().job
+        return f"{task}-{job.num}-{job.override_dirname}".rstrip("-")
+    return f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
+OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None]
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    ckpt = trainer.checkpoint_callback
+    if isinstance(ckpt, ModelCheckpoint):
+        return ckpt.best_model_path or ckpt.last_model_path or None
+    return None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) the configured model; record its best checkpoint for the next stage."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)  # the run's resolved config
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model)
+    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        ckpt = _best_checkpoint(trainer)
+        if cfg.test:
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if ckpt and trainer.is_global_zero:
+            record_latest(cfg.paths.registry_dir, cfg.task_name, ckpt, run_dir=str(output_dir), metrics=metrics)
+            log.info("Best %s checkpoint: %s (recorded in %s)", cfg.task_name, ckpt, cfg.paths.registry_dir)
+    finally:
+        finish_wandb(loggers)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
