@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.checkpoints import record_latest
+from ldm.checkpoints import find_latest, record_latest
 from ldm.loggers import finish_wandb
 
 log = logging.getLogger("train")
@@ -43,6 +43,7 @@ def _run_name(task: str) -> str:
 
 
 OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
+OmegaConf.register_new_resolver("latest_ckpt", lambda stage, registry: str(find_latest(registry, stage)), replace=True)
 OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
 
 

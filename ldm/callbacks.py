@@ -1,7 +1,8 @@
 """Callbacks that use only public methods of a system.
 
 `ImageLogger` asks the system for named image batches through `log_images(batch, num_images)`
-(each (N, C, H, W) in [0, 1]) and writes each as a grid: a PNG under the run directory, and to
+(each (N, C, H, W) in [0, 1], or an (images, images_per_row) pair for figures whose rows mean
+something) and writes each as a grid: a PNG under the run directory, and to
 every logger that can show images (W&B, TensorBoard).
 """
 
@@ -49,7 +50,8 @@ class ImageLogger(L.Callback):
         save_dir = self.save_dir or Path(trainer.default_root_dir) / "images"
         save_dir.mkdir(parents=True, exist_ok=True)
         for name, images in grids.items():
-            grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=math.ceil(math.sqrt(len(images))))
+            images, nrow = images if isinstance(images, tuple) else (images, math.ceil(math.sqrt(len(images))))
+            grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
             save_image(grid, save_dir / f"{name}_epoch{trainer.current_epoch:03d}.png")
             for logger in trainer.loggers:
                 _log_grid(logger, f"images/{name}", grid, trainer.global_step)

@@ -91,7 +91,7 @@ def test_min_snr_closed_forms(gamma: float) -> None:
 
 @pytest.mark.parametrize("param", PARAMETERIZATIONS, ids=repr)
 @pytest.mark.parametrize("schedule_fn", SCHEDULES.values(), ids=SCHEDULES.keys())
-def test_min_snr_is_the_same_x0_space_loss_for_every_parameterization(param: Parameterization, schedule_fn) -> None:
+def test_min_snr_is_one_x0_space_loss_for_every_parameterization(param: Parameterization, schedule_fn) -> None:
     x0, eps, x_t, alpha, sigma = _batch(schedule_fn)
     x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     eps_hat = (x_t - alpha * x0_hat) / sigma

@@ -61,7 +61,8 @@ def test_linear_golden_alpha_bar() -> None:
 def test_scaled_linear_first_beta() -> None:
     alpha, _ = scaled_linear()
     assert alpha[0].item() ** 2 == pytest.approx(1 - 0.00085, rel=1e-12)
-    expected_last = math.prod(1 - (math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2 for i in range(1000))
+    r0, r1 = math.sqrt(0.00085), math.sqrt(0.012)
+    expected_last = math.prod(1 - (r0 + (r1 - r0) * i / 999) ** 2 for i in range(1000))
     assert alpha[-1].item() ** 2 == pytest.approx(expected_last, rel=1e-9)
 
 
@@ -113,7 +114,8 @@ def test_one_step_chain_matches_q_sample(name: str) -> None:
     prev_alpha, prev_sigma = 1.0, 0.0  # "t = -1" is the clean sample
     for t in range(T):
         ratio = alpha[t] / prev_alpha
-        x = ratio * x + torch.sqrt(sigma[t] ** 2 - ratio**2 * prev_sigma**2) * torch.randn(n, generator=gen, dtype=torch.float64)
+        step_std = torch.sqrt(sigma[t] ** 2 - ratio**2 * prev_sigma**2)
+        x = ratio * x + step_std * torch.randn(n, generator=gen, dtype=torch.float64)
         prev_alpha, prev_sigma = alpha[t], sigma[t]
         if t in checkpoints:
             eps = torch.randn(n, 1, generator=gen)

@@ -51,7 +51,8 @@ def batch_loader(
         shuffle=shuffle,
         num_workers=num_workers,
         collate_fn=_identity,
-        pin_memory=torch.cuda.is_available(),
+        # Pinning only helps host tensors; latents may already live on the GPU.
+        pin_memory=torch.cuda.is_available() and all(t.device.type == "cpu" for t in dataset.tensors.values()),
         persistent_workers=num_workers > 0,
         drop_last=False,
     )

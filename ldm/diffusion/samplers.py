@@ -69,7 +69,9 @@ def timesteps(num_timesteps: int, num_steps: int, spacing: Spacing) -> Tensor:
     return steps.long()
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _randn(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     # Draw on the generator's own device, then move: a seeded CPU generator then
     # gives identical noise whatever device the model runs on.
     source = generator.device if generator is not None else device
@@ -129,7 +131,10 @@ class DDPMSampler(Sampler):
     def timesteps(self, schedule: NoiseSchedule) -> Tensor:
         return torch.arange(schedule.num_timesteps - 1, -1, -1, dtype=torch.long)
 
-    def step(self, schedule, x_t, x0_hat, eps_hat, t, s, *, state=None, generator=None):  # noqa: D102
+    def step(
+        self, schedule: NoiseSchedule, x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, s: int,
+        *, state: Any = None, generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Any]:
         if s == CLEAN:  # the posterior collapses onto x0 with zero variance
             return x0_hat, None
         mean, var = posterior(x_t, x0_hat, *schedule.at(t), *schedule.at(s))
@@ -158,7 +163,10 @@ class DDIMSampler(Sampler):
     def timesteps(self, schedule: NoiseSchedule) -> Tensor:
         return timesteps(schedule.num_timesteps, self.num_steps, self.spacing)
 
-    def step(self, schedule, x_t, x0_hat, eps_hat, t, s, *, state=None, generator=None):  # noqa: D102
+    def step(
+        self, schedule: NoiseSchedule, x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, s: int,
+        *, state: Any = None, generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Any]:
         alpha_t, sigma_t = schedule.at(t)
         alpha_s, sigma_s = schedule.at(s)
         c2 = self.eta**2 * _transition_var(alpha_t, sigma_t, alpha_s, sigma_s) * sigma_s**2 / sigma_t**2
@@ -188,6 +196,11 @@ class DPMSolverPP2M(Sampler):
     The first step has no history and is first order (D = x0_hat, i.e. DDIM). The
     last step lands on sigma = 0 where lambda = inf and r -> 0, so it is first
     order too ("lower_order_final"), which returns x0_hat: the output is denoised.
+
+    Prefer "trailing" spacing (the default): "linspace" and "leading" end with a
+    model call at t = 0, so the step before it spans a long lambda interval with a
+    small r, and the 1/(2r) extrapolation then overshoots (on Gaussian data with the
+    linear schedule and 20 steps, the sample std comes out ~25% too large).
     """
 
     def __init__(self, num_steps: int = 20, spacing: Spacing = "trailing") -> None:
@@ -198,7 +211,10 @@ class DPMSolverPP2M(Sampler):
     def timesteps(self, schedule: NoiseSchedule) -> Tensor:
         return timesteps(schedule.num_timesteps, self.num_steps, self.spacing)
 
-    def step(self, schedule, x_t, x0_hat, eps_hat, t, s, *, state=None, generator=None):  # noqa: D102
+    def step(
+        self, schedule: NoiseSchedule, x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, s: int,
+        *, state: Any = None, generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Any]:
         if s == CLEAN:
             return x0_hat, None
         alpha_t, sigma_t = schedule.at(t)

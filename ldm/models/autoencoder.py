@@ -140,3 +140,23 @@ class AutoencoderKL(nn.Module):
         posterior = self.posterior(x)
         z = posterior.sample() if sample_posterior else posterior.mode()
         return self.decode_logits(z), posterior
+
+
+class LatentNormalizer(nn.Module):
+    """z_n = (z - shift) * scale: brings VAE latents to roughly unit variance for diffusion.
+
+    Rombach et al. 2022 (Sec. 4.3.2, App. G) rescale latents by 1 / std so the noise schedule,
+    designed for unit-variance data, fits them. `scale` and `shift` are estimated once over the
+    whole training set when the latent cache is built, and stored with it and in LDM checkpoints.
+    """
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("shift", torch.tensor(float(shift)))
+
+    def normalize(self, z: Tensor) -> Tensor:
+        return (z - self.shift) * self.scale
+
+    def denormalize(self, z_n: Tensor) -> Tensor:
+        return z_n / self.scale + self.shift

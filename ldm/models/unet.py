@@ -173,7 +173,7 @@ class UNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be None or >= 1, got {num_classes}")
-        self.num_classes = num_classes
+        self.in_channels, self.num_classes = in_channels, num_classes
         emb_dim = 4 * base_channels
         last = len(channel_mults) - 1
 

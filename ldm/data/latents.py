@@ -1,0 +1,224 @@
+"""Latents of an image dataset, encoded once by a frozen VAE and cached on disk.
+
+`prepare_data` encodes the train/val/test images with the VAE encoder (eval, no grad, batched, on
+the accelerator in use) and stores each image's posterior mean and std plus its label, and the
+normalisation (`LatentNormalizer`: scale = 1/std over the whole training set, optional shift).
+The file is named by a key that hashes the VAE weights, the images and the preprocessing, so
+runs and sweep jobs with the same VAE share one cache, a new VAE gets a new one, and a partial
+or corrupt file is detected and rebuilt. Writes are atomic and under a file lock; under DDP the
+first process of each node builds and the others wait for it.
+
+Served batches are `{"latent", "label"}` with latent = normalised (mean + std * eps), a fresh
+eps every step (`mode="sample"`), or the mean (`mode="mean"`; validation and test always use
+the mean so their losses are comparable across epochs). The tensors stay resident on the
+training device: all of MNIST's latents are ~90 MB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from filelock import FileLock
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ldm.checkpoints import load_vae
+from ldm.data.mnist import MNISTDataModule
+from ldm.data.tensors import Batch, TensorBatchDataset, batch_loader
+from ldm.io import atomic_write
+from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+def _hash_tensors(digest: "hashlib._Hash", tensors: dict[str, Tensor]) -> None:
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def cache_key(vae: AutoencoderKL, images: MNISTDataModule) -> str:
+    """sha256 over the VAE weights, the split images and labels, and the preprocessing."""
+    digest = hashlib.sha256(f"ldm-latents-v{CACHE_VERSION}".encode())
+    _hash_tensors(digest, vae.state_dict())
+    digest.update(f"{images.dataset_cls.__name__}:channels={images.channels}:range=[0,1]".encode())
+    for split in SPLITS:
+        _hash_tensors(digest, {f"{split}/{k}": v for k, v in images.splits[split].tensors.items()})
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def encode_split(vae: AutoencoderKL, dataset: TensorBatchDataset, batch_size: int, device: torch.device) -> Batch:
+    """Posterior mean and std (N, *latent_shape) and labels (N,) of every image in `dataset`."""
+    means, stds, labels = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+        mean, logvar = vae.encode(batch["image"].to(device, non_blocking=True))
+        means.append(mean.float().cpu())
+        stds.append(torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)).cpu())
+        labels.append(batch["label"])
+    return {"mean": torch.cat(means), "std": torch.cat(stds), "label": torch.cat(labels)}
+
+
+def estimate_normalizer(train: Batch, shift: bool) -> LatentNormalizer:
+    """Scale (and shift) so that training latents z = mean + std * eps have unit variance.
+
+    Var[z] over the data and eps = E[mean^2] + E[std^2] - E[z]^2, computed exactly in float64
+    over the whole training set rather than from one batch (Rombach et al. use one batch).
+    """
+    mean, std = train["mean"].double(), train["std"].double()
+    center = mean.mean()
+    var = mean.pow(2).mean() + std.pow(2).mean() - center.pow(2)
+    offset = float(center) if shift else 0.0
+    if not shift:  # without a shift, scale by the root mean square instead of the std
+        var = var + center.pow(2)
+    return LatentNormalizer(scale=float(var.rsqrt()), shift=offset)
+
+
+class CacheError(RuntimeError):
+    """A latent cache file that is unreadable, partial, or built for something else."""
+
+
+def read_cache(path: Path, key: str) -> dict:
+    """Load and validate a cache file; raises CacheError if it must be rebuilt."""
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise CacheError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(cache, dict) or cache.get("key") != key or cache.get("version") != CACHE_VERSION:
+        raise CacheError(f"{path} was built for another VAE, dataset or format")
+    for split in SPLITS:
+        part = cache.get("splits", {}).get(split, {})
+        if not all(isinstance(part.get(k), Tensor) for k in ("mean", "std", "label")):
+            raise CacheError(f"{path} is missing the {split} split")
+        n = len(part["label"])
+        if part["mean"].shape != part["std"].shape or len(part["mean"]) != n or not torch.isfinite(part["mean"]).all():
+            raise CacheError(f"{path}: the {split} split is inconsistent or not finite")
+    return cache
+
+
+class SampleLatent:
+    """Batch transform {"mean", "std", "label"} -> {"latent", "label"}: the one place latents are normalised."""
+
+    def __init__(self, normalizer: LatentNormalizer, mode: Literal["sample", "mean"]) -> None:
+        self.normalizer, self.mode = normalizer, mode
+
+    def __call__(self, batch: Batch) -> Batch:
+        z = batch["mean"]
+        if self.mode == "sample":
+            z = z + batch["std"] * torch.randn_like(z)  # reparameterisation, as the VAE was trained
+        return {"latent": self.normalizer.normalize(z), "label": batch["label"]}
+
+
+class LatentDataModule(L.LightningDataModule):
+    """Cached VAE latents of an image DataModule's train/val/test splits.
+
+    Args:
+        images: the image DataModule whose splits are encoded.
+        vae_ckpt: the VAE checkpoint (a `VAEModule` checkpoint) that encodes them.
+        cache_dir: where `latents-<key>.pt` files live; shared by runs and sweep jobs.
+        batch_size: latents per training batch.
+        mode: "sample" draws z = mean + std * eps afresh each step; "mean" uses the mean.
+        shift: also subtract the training latents' mean (else only scale).
+        encode_batch_size: images per encoder call while building the cache.
+    """
+
+    def __init__(
+        self,
+        images: MNISTDataModule,
+        vae_ckpt: str | Path,
+        cache_dir: str | Path,
+        batch_size: int = 512,
+        mode: Literal["sample", "mean"] = "sample",
+        shift: bool = False,
+        encode_batch_size: int = 2048,
+    ) -> None:
+        super().__init__()
+        if mode not in ("sample", "mean"):
+            raise ValueError(f"data.mode={mode!r} is not one of ['mean', 'sample']")
+        if batch_size < 1 or encode_batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size} and data.encode_batch_size={encode_batch_size} must be >= 1")
+        self.images, self.vae_ckpt, self.cache_dir = images, Path(vae_ckpt), Path(cache_dir)
+        self.batch_size, self.mode, self.shift, self.encode_batch_size = batch_size, mode, shift, encode_batch_size
+        self.normalizer: LatentNormalizer | None = None
+        self.splits: dict[str, TensorBatchDataset] = {}
+        self.encoded = False  # whether this process (re)built the cache
+
+    def _device(self) -> torch.device:
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _load_or_build(self) -> dict:
+        self.images.prepare_data()
+        self.images.setup()
+        vae = load_vae(self.vae_ckpt)
+        key = cache_key(vae, self.images)
+        path = self.cache_dir / f"latents-{key[:16]}.pt"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):  # one builder; concurrent jobs wait, then read it
+            if path.exists():
+                try:
+                    return read_cache(path, key)
+                except CacheError as e:
+                    log.warning("Rebuilding the latent cache: %s", e)
+            return self._build(vae, key, path)
+
+    def _build(self, vae: AutoencoderKL, key: str, path: Path) -> dict:
+        device = self._device()
+        vae = vae.to(device).eval().requires_grad_(False)
+        log.info("Encoding %s with %s on %s -> %s", self.images.dataset_cls.__name__, self.vae_ckpt, device, path)
+        splits = {s: encode_split(vae, self.images.splits[s], self.encode_batch_size, device) for s in SPLITS}
+        normalizer = estimate_normalizer(splits["train"], self.shift)
+        cache = {
+            "version": CACHE_VERSION, "key": key, "vae_ckpt": str(self.vae_ckpt), "splits": splits,
+            "latent_shape": list(vae.latent_shape),
+            "scale": float(normalizer.scale), "shift": float(normalizer.shift),
+        }
+        atomic_write(path, lambda tmp: torch.save(cache, tmp))
+        self.encoded = True
+        return cache
+
+    def prepare_data(self) -> None:
+        self._load_or_build()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        cache = self._load_or_build()  # a read, unless prepare_data ran on another node only
+        device = self._device()
+        self.normalizer = LatentNormalizer(cache["scale"], cache["shift"]).to(device)
+        for split in SPLITS:
+            tensors = {k: v.to(device) for k, v in cache["splits"][split].items()}
+            mode = self.mode if split == "train" else "mean"
+            self.splits[split] = TensorBatchDataset(tensors, SampleLatent(self.normalizer, mode))
+        stats = cache["splits"]["train"]["mean"]
+        log.info(
+            "Latents %s: scale %.4f shift %.4f; train mean per channel %s, std per channel %s",
+            tuple(cache["latent_shape"]), cache["scale"], cache["shift"],
+            [round(v, 3) for v in stats.mean((0, 2, 3)).tolist()], [round(v, 3) for v in stats.std((0, 2, 3)).tolist()],
+        )
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.splits["train"].tensors["mean"].shape[1:])
+
+    def train_dataloader(self) -> DataLoader:
+        return batch_loader(self.splits["train"], self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return batch_loader(self.splits["val"], self.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return batch_loader(self.splits["test"], self.batch_size, shuffle=False)

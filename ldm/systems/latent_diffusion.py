@@ -1,0 +1,195 @@
+"""LatentDiffusionModule: a DDPM (Ho et al. 2020) trained on the latents of a frozen VAE.
+
+Training (DDPM Algorithm 1, in general (alpha, sigma) form): z0 from the latent cache (already
+normalised), t ~ U{0..T-1}, eps ~ N(0, I), x_t = alpha_t z0 + sigma_t eps (DDPM eq. 4), and the
+denoiser regresses the parameterization's target with a per-timestep loss weight. The frozen VAE
+(eval, no grad, outside the optimizer) only decodes samples; its weights ride along in the
+checkpoint, so a checkpoint alone can sample. An EMA copy of the denoiser is used for
+validation and sampling. The sampler is chosen at sampling time and never affects training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ldm.checkpoints import load_vae
+from ldm.diffusion.parameterization import Parameterization
+from ldm.diffusion.samplers import Sampler, denoiser_from, sample
+from ldm.diffusion.schedules import NoiseSchedule
+from ldm.diffusion.weighting import LossWeight, UniformWeight
+from ldm.models.autoencoder import LatentNormalizer
+from ldm.models.unet import UNet
+from ldm.systems.ema import EMA
+
+log = logging.getLogger(__name__)
+
+VAL_TIMESTEPS = 10  # validation loss on a fixed grid of t so epochs are comparable
+
+
+def _sha256(state: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode() + state[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class LatentDiffusionModule(L.LightningModule):
+    """A latent DDPM. All components are built objects (Hydra builds them from `conf/`).
+
+    Args:
+        unet: the denoiser network (x_t, t) -> output.
+        schedule: the noise schedule (alpha_t, sigma_t).
+        parameterization: what the network predicts (eps, x0 or v).
+        sampler: default sampler for validation grids and `sample()`.
+        vae_ckpt: the VAE checkpoint whose encoder made the latents; its decoder decodes samples.
+        optimizer: partial optimizer over the denoiser's parameters.
+        scheduler: optional partial LR schedule taking (optimizer, total_steps).
+        loss_weight: per-timestep weight of the squared error (uniform by default).
+        ema_decay: decay of the EMA of the denoiser's weights.
+    """
+
+    def __init__(
+        self,
+        unet: UNet,
+        schedule: NoiseSchedule,
+        parameterization: Parameterization,
+        sampler: Sampler,
+        vae_ckpt: str | Path,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        loss_weight: LossWeight | None = None,
+        ema_decay: float = 0.999,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "optimizer", "scheduler", "loss_weight"])
+        self.vae = load_vae(vae_ckpt).requires_grad_(False)
+        if self.vae.latent_shape[0] != unet.in_channels:
+            raise ValueError(
+                f"The VAE in {vae_ckpt} makes {self.vae.latent_shape} latents but the UNet takes "
+                f"{unet.in_channels} channels: set model.unet.in_channels={self.vae.latent_shape[0]} "
+                "or pass a matching vae_ckpt=PATH"
+            )
+        sampler.timesteps(schedule)  # fails now, not after training, if e.g. num_steps > T
+        self.vae_sha256 = _sha256(self.vae.state_dict())
+        self.unet, self.schedule, self.parameterization, self.sampler = unet, schedule, parameterization, sampler
+        self.ema = EMA(unet, ema_decay)
+        self.normalizer = LatentNormalizer()  # set from the latent cache in setup(); saved in checkpoints
+        self.loss_weight = loss_weight or UniformWeight()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        normalizer = getattr(datamodule, "normalizer", None)
+        if normalizer is not None:  # the cache's statistics; a resumed checkpoint holds the same
+            self.normalizer.load_state_dict(normalizer.state_dict())
+
+    def train(self, mode: bool = True) -> "LatentDiffusionModule":
+        super().train(mode)
+        self.vae.eval()  # frozen: stays in eval mode whatever Lightning does
+        return self
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The training network's raw output for (x_t, t)."""
+        return self.unet(x_t, t)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        z0 = batch["latent"]
+        t = torch.randint(0, self.schedule.num_timesteps, (len(z0),), device=z0.device)
+        loss = self.diffusion_loss(self.unet, z0, t, torch.randn_like(z0)).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(z0))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, batch_idx, "test")
+
+    def _eval_step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> Tensor:
+        """EMA loss with t on a fixed grid and eps from a seeded generator: same inputs every epoch."""
+        z0 = batch["latent"]
+        grid = torch.linspace(0, self.schedule.num_timesteps - 1, VAL_TIMESTEPS, device=z0.device).long()
+        t = grid[torch.arange(len(z0), device=z0.device) % VAL_TIMESTEPS]
+        generator = torch.Generator(device=z0.device).manual_seed(batch_idx)
+        eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        loss = self.diffusion_loss(self.ema.model, z0, t, eps).mean()
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(z0), sync_dist=True)
+        return loss
+
+    def diffusion_loss(self, network: torch.nn.Module, z0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Weighted squared error of the network's output against the target, per sample. (B,)"""
+        alpha, sigma = self.schedule.coefficients(t, z0.ndim)
+        x_t = self.schedule.q_sample(z0, t, eps)
+        target = self.parameterization.target(z0, eps, alpha, sigma)
+        error = (network(x_t, t).float() - target.float()).pow(2).flatten(1).mean(1)
+        factor = self.parameterization.x0_loss_factor(alpha, sigma).flatten()
+        return self.loss_weight(self.schedule.snr(t), factor) * error
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.unet.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update(self.unet, self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ldm"] = {
+            "kind": "ldm", "vae_config": dict(self.vae.config), "vae_sha256": self.vae_sha256,
+            "vae_ckpt": str(self.hparams.vae_ckpt), "latent_shape": list(self.vae.latent_shape),
+        }
+
+    @torch.no_grad()
+    def sample_latents(
+        self, num_samples: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Normalised latents from the EMA denoiser, (N, *latent_shape) (and the x_t trajectory)."""
+        denoiser = denoiser_from(self.ema.model, self.parameterization, self.schedule)
+        shape = (num_samples, *self.vae.latent_shape)
+        return sample(denoiser, self.schedule, sampler or self.sampler, shape, generator=generator,
+                      device=self.device, return_trajectory=return_trajectory)
+
+    @torch.no_grad()
+    def decode(self, z_n: Tensor) -> Tensor:
+        """Normalised latents -> images in [0, 1]."""
+        return self.vae.decode(self.normalizer.denormalize(z_n))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, sampler: Sampler | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Decoded samples (N, C, H, W) in [0, 1]."""
+        return self.decode(self.sample_latents(num_samples, sampler, generator))
+
+    @torch.no_grad()
+    def log_images(self, batch: dict[str, Tensor], num_images: int) -> dict[str, Any]:
+        """Samples, the forward corruption of real latents, and one denoising trajectory."""
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        samples = self.sample(num_images, generator=generator)
+        return {"samples": samples, **self.forward_corruption(batch["latent"][:4]), **self.trajectory(4, generator)}
+
+    @torch.no_grad()
+    def forward_corruption(self, z0: Tensor, columns: int = 8) -> dict[str, tuple[Tensor, int]]:
+        """The post's figure: each row one latent, decoded at increasing t (eq. 2), t = 0 ... T-1."""
+        T = self.schedule.num_timesteps
+        t = torch.linspace(0, T - 1, columns, device=z0.device).long()
+        eps = torch.randn(z0.shape, generator=torch.Generator(device=z0.device).manual_seed(1), device=z0.device)
+        rows = [self.schedule.q_sample(z.expand(columns, -1, -1, -1), t, e.expand(columns, -1, -1, -1)) for z, e in zip(z0, eps)]
+        images = self.decode(torch.cat([z0[:, None], torch.stack(rows)], 1).flatten(0, 1))
+        return {"forward_corruption": (images, columns + 1)}
+
+    @torch.no_grad()
+    def trajectory(self, num_rows: int, generator: torch.Generator, columns: int = 8) -> dict[str, tuple[Tensor, int]]:
+        """Denoising trajectories: each row one sample, decoded at evenly spaced sampler steps."""
+        _, states = self.sample_latents(num_rows, generator=generator, return_trajectory=True)
+        picks = torch.linspace(0, len(states) - 1, columns).round().long().tolist()
+        images = self.decode(torch.stack([states[i] for i in picks], 1).flatten(0, 1))
+        return {"denoising_trajectory": (images, columns)}
