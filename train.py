@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def _run_name(task: str) -> str:
     return f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
 OmegaConf.register_new_resolver("latest_ckpt", lambda stage, registry: str(find_latest(registry, stage)), replace=True)
 OmegaConf.register_new_resolver("run_name", _run_name, replace=True)

@@ -56,9 +56,10 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise CheckpointError(
-            f"Refusing to load {path}: it holds objects other than tensors and plain values "
-            f"(torch.load weights_only=True said: {str(e).splitlines()[0]})"
+            f"Refusing to load {path}: it holds objects other than tensors and plain values, "
+            f"which could run code when unpickled. {culprit}"
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({e}); use another checkpoint") from e

@@ -75,3 +75,21 @@ def compose_cfg(tmp_path: Path, data_dir: Path, overrides: list[str] = ()):
         cfg.paths.output_dir = str(tmp_path / "run")
         del cfg.hydra  # train() never reads it; resolvers still see HydraConfig
     return cfg
+
+
+def save_vae_checkpoint(path: Path, seed: int = 0, **vae_kwargs) -> Path:
+    """An (untrained) VAEModule checkpoint written the way training writes it."""
+    import functools
+
+    import lightning as L
+
+    from ldm.models.autoencoder import AutoencoderKL
+    from ldm.systems.vae import VAEModule
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**{"hidden_channels": (8, 16, 16), **vae_kwargs})
+    module = VAEModule(vae, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path

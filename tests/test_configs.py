@@ -10,25 +10,33 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, compose_cfg, save_vae_checkpoint
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "debug", "experiment"]
+LDM_GROUPS = ["schedule", "parameterization", "sampler", "weighting"]  # exist under model=ldm
 
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-CASES = [f"{group}={option}" for group in GROUPS for option in _options(group)]
+CASES = [f"{group}={option}" for group in GROUPS + LDM_GROUPS for option in _options(group)]
+
+
+@pytest.fixture(scope="module")
+def vae_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_vae_checkpoint(tmp_path_factory.mktemp("vae") / "vae.ckpt")
 
 
 def test_every_group_has_options() -> None:
-    assert all(_options(group) for group in GROUPS)
+    assert all(_options(group) for group in GROUPS + LDM_GROUPS)
 
 
 @pytest.mark.parametrize("override", CASES)
-def test_config_composes_and_builds(override: str, tmp_path: Path, mnist_dir: Path) -> None:
-    cfg = compose_cfg(tmp_path, mnist_dir, [override])
+def test_config_composes_and_builds(override: str, tmp_path: Path, mnist_dir: Path, vae_ckpt: Path) -> None:
+    ldm = override.split("=")[0] in LDM_GROUPS or override in ("data=latents", "model=ldm", "experiment=ldm_mnist")
+    base = ["model=ldm", f"vae_ckpt={vae_ckpt}"] if ldm else []
+    cfg = compose_cfg(tmp_path, mnist_dir, [*base, override])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     hydra.utils.instantiate(cfg.data)
     hydra.utils.instantiate(cfg.model)
@@ -53,6 +61,6 @@ def test_data_dir_defaults_to_environment(tmp_path: Path, monkeypatch: pytest.Mo
         cfg = compose("train", return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     assert cfg.paths.data_dir == str(tmp_path / "elsewhere")
-    assert cfg.task_name == "vae"
+    assert cfg.task_name == "vae" and cfg.model.vae.in_channels == 1
     monkeypatch.delenv("LDM_DATA_DIR")
     assert cfg.paths.data_dir.endswith("/data")

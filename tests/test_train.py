@@ -57,3 +57,65 @@ def test_train_vae_with_wandb_offline(tmp_path: Path, mnist_dir: Path, monkeypat
         assert key in log, key
     assert any((runs[0] / "files" / "media" / "images").rglob("prior_samples_*.png"))
     assert "val/loss" in metrics
+
+
+LDM_TINY = [
+    "debug=fast",
+    "trainer=cpu",
+    "data.images.val_size=64",
+    "data.batch_size=64",
+    "model.unet.base_channels=16",
+    "model.unet.num_res_blocks=1",
+    "sampler.num_steps=5",
+    "callbacks.images.num_images=4",
+    "callbacks.images.every_n_epochs=1",
+]
+
+
+def test_train_vae_then_ldm_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
+    train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY]))
+    # model=ldm finds the VAE just trained through the registry, with no vae_ckpt argument.
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", *LDM_TINY, "trainer.max_epochs=2"])
+    assert cfg.vae_ckpt == str(find_latest(tmp_path / "logs" / "latest", "vae"))
+    metrics = train(cfg)
+    assert {"train/loss_epoch", "val/loss", "test/loss"} <= set(metrics)
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert find_latest(tmp_path / "logs" / "latest", "ldm").parent == run / "checkpoints"
+    for figure in ("samples", "forward_corruption", "denoising_trajectory"):
+        assert (run / "images" / f"{figure}_epoch001.png").is_file()
+    assert len(list((tmp_path / ".cache" / "ldm").glob("latents-*.pt"))) == 1
+
+
+def test_ldm_without_a_vae_says_how_to_get_one(tmp_path: Path, mnist_dir: Path) -> None:
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", *LDM_TINY])
+    with pytest.raises(Exception, match=r"python train.py model=vae.*vae_ckpt=PATH"):
+        train(cfg)
+
+
+def test_schedule_multirun_shares_one_cache_and_one_wandb_group(tmp_path: Path, mnist_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, save_vae_checkpoint
+
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+    env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir), "WANDB_MODE": "offline"}
+    command = [
+        sys.executable, str(ROOT / "train.py"), "-m", "model=ldm", "schedule=linear,cosine", f"vae_ckpt={vae}",
+        f"paths.root_dir={tmp_path}", "logger=wandb", "callbacks.progress_bar=null", "test=false", *LDM_TINY,
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "logs" / "ldm" / "multiruns").glob("*/[0-9]"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    configs = [(j / "config.yaml").read_text() for j in jobs]
+    assert "ldm.diffusion.schedules.linear" in configs[0] and "ldm.diffusion.schedules.cosine" in configs[1]
+    assert all((j / "checkpoints" / "last.ckpt").is_file() for j in jobs)
+    assert len(list((tmp_path / ".cache" / "ldm").glob("latents-*.pt"))) == 1  # encoded once
+    assert result.stderr.count("Encoding MNIST") + result.stdout.count("Encoding MNIST") == 1
+    group = f"ldm-{jobs[0].parent.name}".encode()
+    for job in jobs:
+        (run_log,) = job.glob("wandb/offline-run-*/run-*.wandb")
+        assert group in run_log.read_bytes()

@@ -68,6 +68,7 @@ class LatentDiffusionModule(L.LightningModule):
         ema_decay: float = 0.999,
     ) -> None:
         super().__init__()
+        vae_ckpt = str(vae_ckpt)  # hyperparameters hold plain values only (weights_only loading)
         self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "optimizer", "scheduler", "loss_weight"])
         self.vae = load_vae(vae_ckpt).requires_grad_(False)
         if self.vae.latent_shape[0] != unet.in_channels:

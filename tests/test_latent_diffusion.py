@@ -1,0 +1,111 @@
+"""LatentDiffusionModule: frozen VAE, loss, EMA, sampling, checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import save_vae_checkpoint
+from ldm.checkpoints import load_checkpoint
+from ldm.diffusion import DDIMSampler, DPMSolverPP2M, EpsilonPrediction, MinSNRWeight, NoiseSchedule, VPrediction, cosine, linear
+from ldm.models.unet import UNet
+from ldm.systems.latent_diffusion import LatentDiffusionModule
+
+
+def _module(vae_ckpt: Path, **kwargs) -> LatentDiffusionModule:
+    args = dict(
+        unet=UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1),
+        schedule=NoiseSchedule(linear(100)),
+        parameterization=EpsilonPrediction(),
+        sampler=DDIMSampler(num_steps=10),
+        vae_ckpt=vae_ckpt,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+    )
+    return LatentDiffusionModule(**{**args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def vae_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_vae_checkpoint(tmp_path_factory.mktemp("vae") / "vae.ckpt")
+
+
+def test_vae_is_frozen_out_of_the_optimizer_and_stays_in_eval(vae_ckpt: Path) -> None:
+    module = _module(vae_ckpt)
+    assert not any(p.requires_grad for p in module.vae.parameters())
+    optimizer = module.configure_optimizers()
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.unet.parameters()}
+    module.train()
+    assert module.unet.training and not module.vae.training and not module.ema.model.training
+
+
+def test_incompatible_vae_and_sampler_fail_before_training(vae_ckpt: Path) -> None:
+    with pytest.raises(ValueError, match="model.unet.in_channels=4"):
+        _module(vae_ckpt, unet=UNet(in_channels=3, base_channels=16, channel_mults=(1,), num_res_blocks=1))
+    with pytest.raises(ValueError, match="num_steps=200"):
+        _module(vae_ckpt, sampler=DDIMSampler(num_steps=200))
+
+
+@pytest.mark.parametrize("parameterization", [EpsilonPrediction(), VPrediction()])
+def test_training_steps_reduce_the_loss(vae_ckpt: Path, parameterization) -> None:
+    module = _module(vae_ckpt, parameterization=parameterization, loss_weight=MinSNRWeight(5.0),
+                     schedule=NoiseSchedule(cosine(100)))
+    optimizer = module.configure_optimizers()
+    z0 = torch.randn(1, 4, 7, 7).repeat(32, 1, 1, 1)  # one point: easy to learn
+    t, eps = torch.randint(0, 100, (32,)), torch.randn(32, 4, 7, 7)
+    before = module.diffusion_loss(module.unet, z0, t, eps).mean().item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log() outside a Trainer
+        for _ in range(30):
+            loss = module.training_step({"latent": z0}, 0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert module.diffusion_loss(module.unet, z0, t, eps).mean().item() < 0.7 * before
+
+
+def test_ema_tracks_the_network(vae_ckpt: Path) -> None:
+    module = _module(vae_ckpt, ema_decay=0.5)
+    with torch.no_grad():
+        for p in module.unet.parameters():
+            p.add_(1.0)
+    ema_before = [p.clone() for p in module.ema.model.parameters()]
+    module.ema.ema_decay = None
+    module.ema.update(module.unet, num_updates=1000)  # warm-up over: decay 0.5
+    for e0, e1, p in zip(ema_before, module.ema.model.parameters(), module.unet.parameters()):
+        torch.testing.assert_close(e1, 0.5 * e0 + 0.5 * p)
+    assert module.ema.current_decay(0) == pytest.approx(0.1)
+
+
+def test_sampling_is_seeded_and_decodes_to_images(vae_ckpt: Path) -> None:
+    module = _module(vae_ckpt).eval()
+    a = module.sample(3, generator=torch.Generator().manual_seed(0))
+    b = module.sample(3, generator=torch.Generator().manual_seed(0), sampler=DDIMSampler(num_steps=10))
+    assert a.shape == (3, 1, 28, 28) and torch.equal(a, b)
+    assert module.sample(2, sampler=DPMSolverPP2M(num_steps=5)).shape == (2, 1, 28, 28)
+    grids = module.log_images({"latent": torch.randn(4, 4, 7, 7)}, num_images=4)
+    assert set(grids) == {"samples", "forward_corruption", "denoising_trajectory"}
+    images, per_row = grids["forward_corruption"]
+    assert per_row == 9 and images.shape == (36, 1, 28, 28)
+
+
+def test_checkpoint_holds_vae_ema_and_normalizer(vae_ckpt: Path, tmp_path: Path) -> None:
+    module = _module(vae_ckpt)
+    module.normalizer.scale.fill_(0.25)
+    with torch.no_grad():
+        next(module.ema.model.parameters()).add_(3.0)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "ldm.ckpt")
+    checkpoint = load_checkpoint(tmp_path / "ldm.ckpt", "ldm")
+    assert len(checkpoint["ldm"]["vae_sha256"]) == 64
+    assert any(k.startswith("vae.") for k in checkpoint["state_dict"])
+    restored = _module(vae_ckpt)
+    restored.load_state_dict(checkpoint["state_dict"])
+    assert restored.normalizer.scale.item() == 0.25
+    torch.testing.assert_close(next(restored.ema.model.parameters()), next(module.ema.model.parameters()))

@@ -1,0 +1,91 @@
+"""The latent cache: built once, reused, rebuilt when the VAE or the file changes; normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import N_TEST, N_TRAIN, save_vae_checkpoint
+from ldm.data import latents as latents_module
+from ldm.data.latents import LatentDataModule
+from ldm.data.mnist import MNISTDataModule
+
+
+def _datamodule(mnist_dir: Path, vae_ckpt: Path, cache_dir: Path, **kwargs) -> LatentDataModule:
+    images = MNISTDataModule(data_dir=mnist_dir, val_size=64)
+    dm = LatentDataModule(images, vae_ckpt, cache_dir, batch_size=100, encode_batch_size=128, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture()
+def vae_ckpt(tmp_path: Path) -> Path:
+    return save_vae_checkpoint(tmp_path / "vae.ckpt")
+
+
+def test_cache_is_built_once_and_reused(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    first = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
+    assert first.encoded and len(list((tmp_path / "cache").glob("latents-*.pt"))) == 1
+    calls = []
+    monkeypatch.setattr(latents_module, "encode_split", lambda *a, **k: calls.append(1))
+    second = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
+    assert not second.encoded and calls == []  # no re-encoding happened
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(first.splits[split].tensors["mean"], second.splits[split].tensors["mean"])
+
+
+def test_cache_contents_match_the_encoder(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+    from ldm.checkpoints import load_vae
+
+    dm = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": N_TRAIN - 64, "val": 64, "test": N_TEST}
+    assert dm.latent_shape == (4, 7, 7)
+    test = dm.splits["test"].tensors
+    images = dm.images.splits["test"].__getitems__(list(range(5)))
+    mean, logvar = load_vae(vae_ckpt).encode(images["image"])
+    torch.testing.assert_close(test["mean"][:5], mean, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(test["std"][:5], (0.5 * logvar).exp(), atol=1e-5, rtol=1e-4)
+    assert torch.equal(test["label"][:5], images["label"])
+
+
+def test_rebuilt_when_the_vae_changes(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+    _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
+    other = save_vae_checkpoint(tmp_path / "other.ckpt", seed=1)
+    # Same file name, different weights: the key hashes weights, not names.
+    other.replace(vae_ckpt)
+    assert _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
+    assert len(list((tmp_path / "cache").glob("latents-*.pt"))) == 2
+
+
+def test_rebuilt_when_truncated_or_corrupt(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+    _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
+    (path,) = (tmp_path / "cache").glob("latents-*.pt")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
+    path.write_bytes(b"garbage")
+    assert _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
+    assert not _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
+
+
+def test_served_latents_are_normalised_and_resampled(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+    dm = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache", shift=True)
+    train = dm.splits["train"]
+    everything = train.__getitems__(list(range(len(train))))["latent"]
+    assert abs(everything.mean().item()) < 0.05 and abs(everything.var().item() - 1.0) < 0.1
+    a, b = train.__getitems__([0, 1]), train.__getitems__([0, 1])
+    assert not torch.equal(a["latent"], b["latent"])  # fresh eps each time
+    val = dm.splits["val"]
+    assert torch.equal(val.__getitems__([0])["latent"], val.__getitems__([0])["latent"])  # mean: fixed
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"latent", "label"} and batch["latent"].shape == (100, 4, 7, 7)
+
+
+def test_mode_mean_and_bad_arguments(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+    dm = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache", mode="mean")
+    train = dm.splits["train"]
+    assert torch.equal(train.__getitems__([3])["latent"], train.__getitems__([3])["latent"])
+    with pytest.raises(ValueError, match="data.mode='median'"):
+        LatentDataModule(dm.images, vae_ckpt, tmp_path, mode="median")
