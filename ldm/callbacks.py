@@ -1,4 +1,4 @@
-"""Callbacks that use only public methods of a system.
+"""Callbacks that use only public methods of a system: image grids and throughput.
 
 `ImageLogger` asks the system for named image batches through `log_images(batch, num_images)`
 (each (N, C, H, W) in [0, 1], or an (images, images_per_row) pair for figures whose rows mean
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -63,3 +64,35 @@ def _log_grid(logger: object, key: str, grid: torch.Tensor, step: int) -> None:
         logger.log_image(key=key, images=[grid], step=step)
     elif isinstance(logger, TensorBoardLogger):
         logger.experiment.add_image(key, grid, step)
+
+
+class ThroughputLogger(L.Callback):
+    """Logs `train/samples_per_sec` and `train/epoch_seconds` for each training epoch.
+
+    Counts the samples of every batch (the length of its first tensor) on this process and
+    multiplies by the world size; the clock stops after a device synchronisation so queued GPU
+    work is included.
+    """
+
+    def __init__(self) -> None:
+        self._start, self._samples = 0.0, 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module.device)
+        self._start, self._samples = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None) if isinstance(batch, dict) else None
+        self._samples += len(first) if first is not None else 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module.device)
+        seconds = time.perf_counter() - self._start
+        rate = self._samples * trainer.world_size / max(seconds, 1e-9)
+        pl_module.log_dict({"train/samples_per_sec": rate, "train/epoch_seconds": seconds}, on_epoch=True, on_step=False)
+        log.info("epoch %d: %.0f samples/s, %.1f s", trainer.current_epoch, rate, seconds)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -80,3 +80,18 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the VAE weights do not match its recorded config ({e})") from e
     return vae.eval()
+
+
+def load_classifier(path: str | Path) -> MNISTClassifier:
+    """Rebuild the classifier a `ClassifierModule` checkpoint was trained with, weights included (eval mode)."""
+    from ldm.models.classifier import MNISTClassifier  # here, not at the top, to leave the import block alone
+
+    checkpoint = load_checkpoint(path, "classifier")
+    classifier = MNISTClassifier(**checkpoint["ldm"]["classifier_config"])
+    prefix = "classifier."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    try:
+        classifier.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the classifier weights do not match its recorded config ({e})") from e
+    return classifier.eval()

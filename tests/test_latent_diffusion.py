@@ -23,7 +23,7 @@ def _module(vae_ckpt: Path, **kwargs) -> LatentDiffusionModule:
         schedule=NoiseSchedule(linear(100)),
         parameterization=EpsilonPrediction(),
         sampler=DDIMSampler(num_steps=10),
-        vae_ckpt=vae_ckpt,
+        vae=vae_ckpt,
         optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
     )
     return LatentDiffusionModule(**{**args, **kwargs})
@@ -109,3 +109,20 @@ def test_checkpoint_holds_vae_ema_and_normalizer(vae_ckpt: Path, tmp_path: Path)
     restored.load_state_dict(checkpoint["state_dict"])
     assert restored.normalizer.scale.item() == 0.25
     torch.testing.assert_close(next(restored.ema.model.parameters()), next(module.ema.model.parameters()))
+
+
+def test_from_checkpoint_rebuilds_an_identical_sampler(vae_ckpt: Path, tmp_path: Path) -> None:
+    module = _module(vae_ckpt, parameterization=VPrediction(), schedule=NoiseSchedule(cosine(100)))
+    with torch.no_grad():
+        for p in module.ema.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # a non-trivial denoiser
+    module.normalizer.scale.fill_(0.5)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "ldm.ckpt")
+    restored = LatentDiffusionModule.from_checkpoint(tmp_path / "ldm.ckpt", sampler=DDIMSampler(num_steps=10))
+    assert isinstance(restored.parameterization, VPrediction)
+    seed = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    torch.testing.assert_close(restored.sample(2, generator=seed()), module.eval().sample(2, generator=seed()))
+    with pytest.raises(RuntimeError, match="without an optimizer"):
+        restored.configure_optimizers()

@@ -25,7 +25,7 @@ TINY = [
 def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path) -> None:
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "logger=csv", *TINY])
     metrics = train(cfg)
-    for key in ("val/loss", "val/psnr", "val/ssim", "val/kl", "train/loss_epoch", "test/loss", "test/psnr"):
+    for key in ("val/loss", "val/psnr", "val/ssim", "val/kl", "train/loss_epoch", "test/loss", "test/psnr", "train/samples_per_sec"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()

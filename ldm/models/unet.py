@@ -174,6 +174,12 @@ class UNet(nn.Module):
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be None or >= 1, got {num_classes}")
         self.in_channels, self.num_classes = in_channels, num_classes
+        # Plain values only: stored in checkpoints so the network can be rebuilt without Hydra.
+        self.config = dict(
+            in_channels=in_channels, base_channels=base_channels, channel_mults=list(channel_mults),
+            num_res_blocks=num_res_blocks, attention=attention, num_heads=num_heads, dropout=dropout,
+            num_classes=num_classes, out_channels=out_channels,
+        )
         emb_dim = 4 * base_channels
         last = len(channel_mults) - 1
 

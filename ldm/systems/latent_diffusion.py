@@ -19,12 +19,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from ldm.checkpoints import load_vae
+from ldm.checkpoints import CheckpointError, load_checkpoint, load_vae
+from ldm.diffusion import parameterization as parameterization_module
 from ldm.diffusion.parameterization import Parameterization
-from ldm.diffusion.samplers import Sampler, denoiser_from, sample
+from ldm.diffusion.samplers import DDIMSampler, Sampler, denoiser_from, sample
 from ldm.diffusion.schedules import NoiseSchedule
 from ldm.diffusion.weighting import LossWeight, UniformWeight
-from ldm.models.autoencoder import LatentNormalizer
+from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
 from ldm.models.unet import UNet
 from ldm.systems.ema import EMA
 
@@ -48,7 +49,7 @@ class LatentDiffusionModule(L.LightningModule):
         schedule: the noise schedule (alpha_t, sigma_t).
         parameterization: what the network predicts (eps, x0 or v).
         sampler: default sampler for validation grids and `sample()`.
-        vae_ckpt: the VAE checkpoint whose encoder made the latents; its decoder decodes samples.
+        vae: the VAE whose encoder made the latents (or its checkpoint path); it decodes samples.
         optimizer: partial optimizer over the denoiser's parameters.
         scheduler: optional partial LR schedule taking (optimizer, total_steps).
         loss_weight: per-timestep weight of the squared error (uniform by default).
@@ -61,19 +62,19 @@ class LatentDiffusionModule(L.LightningModule):
         schedule: NoiseSchedule,
         parameterization: Parameterization,
         sampler: Sampler,
-        vae_ckpt: str | Path,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        vae: AutoencoderKL | str | Path,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         loss_weight: LossWeight | None = None,
         ema_decay: float = 0.999,
     ) -> None:
         super().__init__()
-        vae_ckpt = str(vae_ckpt)  # hyperparameters hold plain values only (weights_only loading)
-        self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "optimizer", "scheduler", "loss_weight"])
-        self.vae = load_vae(vae_ckpt).requires_grad_(False)
+        self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "vae", "optimizer", "scheduler", "loss_weight"])
+        source = "the given VAE" if isinstance(vae, AutoencoderKL) else str(vae)
+        self.vae = (vae if isinstance(vae, AutoencoderKL) else load_vae(vae)).eval().requires_grad_(False)
         if self.vae.latent_shape[0] != unet.in_channels:
             raise ValueError(
-                f"The VAE in {vae_ckpt} makes {self.vae.latent_shape} latents but the UNet takes "
+                f"The VAE ({source}) makes {self.vae.latent_shape} latents but the UNet takes "
                 f"{unet.in_channels} channels: set model.unet.in_channels={self.vae.latent_shape[0]} "
                 "or pass a matching vae_ckpt=PATH"
             )
@@ -86,8 +87,7 @@ class LatentDiffusionModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self.trainer is not None else None
-        normalizer = getattr(datamodule, "normalizer", None)
+        normalizer = getattr(self.trainer.datamodule, "normalizer", None)
         if normalizer is not None:  # the cache's statistics; a resumed checkpoint holds the same
             self.normalizer.load_state_dict(normalizer.state_dict())
 
@@ -134,6 +134,8 @@ class LatentDiffusionModule(L.LightningModule):
         return self.loss_weight(self.schedule.snr(t), factor) * error
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("LatentDiffusionModule was built without an optimizer (sampling only)")
         optimizer = self.optimizer_factory(params=self.unet.parameters())
         if self.scheduler_factory is None:
             return optimizer
@@ -144,10 +146,30 @@ class LatentDiffusionModule(L.LightningModule):
         self.ema.update(self.unet, self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything `from_checkpoint` needs to rebuild the model for sampling, as plain values.
         checkpoint["ldm"] = {
             "kind": "ldm", "vae_config": dict(self.vae.config), "vae_sha256": self.vae_sha256,
-            "vae_ckpt": str(self.hparams.vae_ckpt), "latent_shape": list(self.vae.latent_shape),
+            "latent_shape": list(self.vae.latent_shape), "unet_config": dict(self.unet.config),
+            "parameterization": type(self.parameterization).__name__,
+            "schedule": {"alpha": self.schedule.alpha.cpu(), "sigma": self.schedule.sigma.cpu()},
         }
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, sampler: Sampler | None = None) -> "LatentDiffusionModule":
+        """Rebuild a trained model (VAE, EMA denoiser, schedule, normaliser) from its checkpoint alone."""
+        checkpoint = load_checkpoint(path, "ldm")
+        info = checkpoint["ldm"]
+        param_cls = getattr(parameterization_module, info["parameterization"], None)
+        if not (isinstance(param_cls, type) and issubclass(param_cls, Parameterization)):
+            raise CheckpointError(f"{path}: unknown parameterization {info['parameterization']!r}")
+        model = cls(
+            unet=UNet(**info["unet_config"]),
+            schedule=NoiseSchedule((info["schedule"]["alpha"], info["schedule"]["sigma"])),
+            parameterization=param_cls(), sampler=sampler or DDIMSampler(),
+            vae=AutoencoderKL(**info["vae_config"]),
+        )
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.eval()
 
     @torch.no_grad()
     def sample_latents(
