@@ -48,8 +48,8 @@ def find_latest(registry_dir: str | Path, stage: str) -> Path:
     return ckpt
 
 
-def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
-    """Load a Lightning checkpoint written by an ldm system of `kind` ("vae", ...), safely."""
+def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by an ldm system of `kind` ("vae", ...; None: any), safely."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist")
@@ -64,9 +64,14 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({e}); use another checkpoint") from e
     found = checkpoint.get("ldm", {}).get("kind") if isinstance(checkpoint, dict) else None
-    if found != kind:
-        raise CheckpointError(f"{path} is a {found or 'non-ldm'} checkpoint, but a {kind} checkpoint is needed")
+    if found is None or (kind is not None and found != kind):
+        raise CheckpointError(f"{path} is a {found or 'non-ldm'} checkpoint, but a {kind or 'ldm'} checkpoint is needed")
     return checkpoint
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """Which ldm system wrote the checkpoint: "vae", "ldm", "classifier"."""
+    return load_checkpoint(path, None)["ldm"]["kind"]
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:

@@ -28,6 +28,7 @@ from ldm.diffusion.weighting import LossWeight, UniformWeight
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
 from ldm.models.unet import UNet
 from ldm.systems.ema import EMA
+from ldm.systems.optim import configure
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,8 @@ class LatentDiffusionModule(L.LightningModule):
         return self.loss_weight(self.schedule.snr(t), factor) * error
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise RuntimeError("LatentDiffusionModule was built without an optimizer (sampling only)")
-        optimizer = self.optimizer_factory(params=self.unet.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure(self.optimizer_factory, self.scheduler_factory, self.unet.parameters(),
+                         self.trainer.estimated_stepping_batches if self._trainer else 1)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update(self.unet, self.global_step)

@@ -8,9 +8,11 @@ which is only known once the Trainer has seen the data.
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable
 
+import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 def warmup_cosine(
@@ -28,3 +30,18 @@ def warmup_cosine(
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def configure(
+    optimizer: Callable[..., Optimizer] | None,
+    scheduler: Callable[..., LRScheduler] | None,
+    params: Iterable[torch.nn.Parameter],
+    total_steps: int,
+) -> Optimizer | dict:
+    """What `configure_optimizers` returns: the optimizer over `params`, and a per-step schedule."""
+    if optimizer is None:
+        raise RuntimeError("This module was built without an optimizer (for sampling only); it cannot train")
+    built = optimizer(params=params)
+    if scheduler is None:
+        return built
+    return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler(built, total_steps=total_steps), "interval": "step"}}

@@ -20,6 +20,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ldm.models.autoencoder import AutoencoderKL
+from ldm.systems.optim import configure
 
 
 def bce(logits: Tensor, x: Tensor) -> Tensor:
@@ -110,11 +111,8 @@ class VAEModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.vae.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure(self.optimizer_factory, self.scheduler_factory, self.vae.parameters(),
+                         self.trainer.estimated_stepping_batches if self._trainer else 1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only, so `ldm.checkpoints.load_vae` can rebuild the VAE with weights_only=True.
