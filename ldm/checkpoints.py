@@ -13,12 +13,14 @@ import pickle
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from ldm.io import atomic_write_json
 from ldm.models.autoencoder import AutoencoderKL
+from ldm.models.classifier import MNISTClassifier
 
 
 class CheckpointError(RuntimeError):
@@ -74,29 +76,24 @@ def checkpoint_kind(path: str | Path) -> str:
     return load_checkpoint(path, None)["ldm"]["kind"]
 
 
-def load_vae(path: str | Path) -> AutoencoderKL:
-    """Rebuild the VAE a `VAEModule` checkpoint was trained with, weights included (eval mode)."""
-    checkpoint = load_checkpoint(path, "vae")
-    vae = AutoencoderKL(**checkpoint["ldm"]["vae_config"])
-    prefix = "vae."
+def _load_network(path: str | Path, kind: str, build: Callable[..., nn.Module]) -> nn.Module:
+    """Rebuild the network `kind` from its recorded config and its `<kind>.` weights (eval mode)."""
+    checkpoint = load_checkpoint(path, kind)
+    network = build(**checkpoint["ldm"][f"{kind}_config"])
+    prefix = f"{kind}."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     try:
-        vae.load_state_dict(state)
+        network.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: the VAE weights do not match its recorded config ({e})") from e
-    return vae.eval()
+        raise CheckpointError(f"{path}: the {kind} weights do not match its recorded config ({e})") from e
+    return network.eval()
+
+
+def load_vae(path: str | Path) -> AutoencoderKL:
+    """Rebuild the VAE a `VAEModule` checkpoint was trained with, weights included (eval mode)."""
+    return _load_network(path, "vae", AutoencoderKL)
 
 
 def load_classifier(path: str | Path) -> MNISTClassifier:
-    """Rebuild the classifier a `ClassifierModule` checkpoint was trained with, weights included (eval mode)."""
-    from ldm.models.classifier import MNISTClassifier  # here, not at the top, to leave the import block alone
-
-    checkpoint = load_checkpoint(path, "classifier")
-    classifier = MNISTClassifier(**checkpoint["ldm"]["classifier_config"])
-    prefix = "classifier."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    try:
-        classifier.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: the classifier weights do not match its recorded config ({e})") from e
-    return classifier.eval()
+    """Rebuild the classifier a `ClassifierModule` checkpoint was trained with (eval mode)."""
+    return _load_network(path, "classifier", MNISTClassifier)

@@ -7,11 +7,14 @@ renamed over the target: POSIX rename is atomic, so readers see the old file or 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -37,3 +40,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def update_hash(digest: "hashlib._Hash", tensors: dict[str, torch.Tensor]) -> "hashlib._Hash":
+    """Feed named tensors (names, dtypes, shapes and bytes, in name order) into a hash; returns it.
+
+    Cache keys hash contents, not file names, so a retrained network or a changed dataset can
+    never be mistaken for the one a cache was built from.
+    """
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim buffers view as bytes too
+        digest.update(f"{name}:{t.dtype}:{tuple(tensors[name].shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from ldm.checkpoints import load_vae
 from ldm.data.mnist import MNISTDataModule
 from ldm.data.tensors import Batch, TensorBatchDataset, batch_loader
-from ldm.io import atomic_write
+from ldm.io import atomic_write, update_hash
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
 
 log = logging.getLogger(__name__)
@@ -41,20 +41,13 @@ CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
-def _hash_tensors(digest: "hashlib._Hash", tensors: dict[str, Tensor]) -> None:
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
 def cache_key(vae: AutoencoderKL, images: MNISTDataModule) -> str:
     """sha256 over the VAE weights, the split images and labels, and the preprocessing."""
     digest = hashlib.sha256(f"ldm-latents-v{CACHE_VERSION}".encode())
-    _hash_tensors(digest, vae.state_dict())
+    update_hash(digest, vae.state_dict())
     digest.update(f"{images.dataset_cls.__name__}:channels={images.channels}:range=[0,1]".encode())
     for split in SPLITS:
-        _hash_tensors(digest, {f"{split}/{k}": v for k, v in images.splits[split].tensors.items()})
+        update_hash(digest, {f"{split}/{k}": v for k, v in images.splits[split].tensors.items()})
     return digest.hexdigest()
 
 

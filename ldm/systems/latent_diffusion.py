@@ -25,6 +25,7 @@ from ldm.diffusion.parameterization import Parameterization
 from ldm.diffusion.samplers import DDIMSampler, Sampler, denoiser_from, sample
 from ldm.diffusion.schedules import NoiseSchedule
 from ldm.diffusion.weighting import LossWeight, UniformWeight
+from ldm.io import update_hash
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
 from ldm.models.unet import UNet
 from ldm.systems.ema import EMA
@@ -33,13 +34,6 @@ from ldm.systems.optim import configure
 log = logging.getLogger(__name__)
 
 VAL_TIMESTEPS = 10  # validation loss on a fixed grid of t so epochs are comparable
-
-
-def _sha256(state: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode() + state[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class LatentDiffusionModule(L.LightningModule):
@@ -80,7 +74,7 @@ class LatentDiffusionModule(L.LightningModule):
                 "or pass a matching vae_ckpt=PATH"
             )
         sampler.timesteps(schedule)  # fails now, not after training, if e.g. num_steps > T
-        self.vae_sha256 = _sha256(self.vae.state_dict())
+        self.vae_sha256 = update_hash(hashlib.sha256(), self.vae.state_dict()).hexdigest()
         self.unet, self.schedule, self.parameterization, self.sampler = unet, schedule, parameterization, sampler
         self.ema = EMA(unet, ema_decay)
         self.normalizer = LatentNormalizer()  # set from the latent cache in setup(); saved in checkpoints
