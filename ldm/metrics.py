@@ -249,18 +249,16 @@ def sample_metrics(
 
 
 def real_floor(
-    train_images: Tensor, test_images: Tensor, extractor: ClassifierFeatures, num_samples: int = 10_000,
+    train_images: Tensor, real_features: Tensor, extractor: ClassifierFeatures, num_samples: int = 10_000,
     k: int = 3, seed: int = 0,
 ) -> dict[str, float]:
-    """The best score a generator can hope for: real test digits measured against real train digits.
+    """The best score a generator can hope for: `num_samples` real train digits scored exactly like
+    generated samples, against the same reference features (e.g. of the test set).
 
-    Draws `num_samples` images from each set (use the count the generated samples will have, since
-    FID's bias depends on it) and returns `sample_metrics`' keys without cond_acc. A generator whose
-    FID is near this floor is indistinguishable from held-out data to this classifier; IS here is
-    the real data's IS, the most a faithful generator should reach.
+    Use the count the generated samples have, since FID's bias depends on it. A generator whose FID
+    is near this floor is indistinguishable from held-out data to this classifier; IS here is the
+    real data's IS, the most a faithful generator should reach.
     """
     generator = torch.Generator().manual_seed(seed)
-    train_idx = torch.randperm(len(train_images), generator=generator)[:num_samples]
-    test_idx = torch.randperm(len(test_images), generator=generator)[:num_samples]
-    real_features = reference_features(train_images[train_idx], extractor)
-    return sample_metrics(test_images[test_idx], real_features, extractor, k=k, seed=seed)
+    idx = torch.randperm(len(train_images), generator=generator)[:num_samples]
+    return sample_metrics(train_images[idx], real_features, extractor, k=k, seed=seed)

@@ -185,9 +185,9 @@ def test_reference_features_are_cached_per_classifier_and_images(tmp_path: Path,
 def test_sample_metrics_and_the_real_floor(extractor: ClassifierFeatures) -> None:
     train_images, _ = _digits(0)
     test_images, test_labels = _digits(1)
-    floor = real_floor(train_images, test_images, extractor, num_samples=256)
+    real = reference_features(test_images, extractor)
+    floor = real_floor(train_images, real, extractor, num_samples=256)
     assert set(floor) == {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall"}
-    real = reference_features(train_images, extractor)
     shifted = torch.roll(test_images, 4, dims=2)
     bad = sample_metrics(shifted, real, extractor, labels=test_labels)
     assert bad["fid"] > floor["fid"] and bad["cond_acc"] < 0.5
