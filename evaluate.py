@@ -9,6 +9,7 @@ Prints a table and writes it as JSON (default: metrics.json beside the samples).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "reference": f"{len(reference)} test images",
         "metrics": sample_metrics(images, reference, extractor, labels=labels, k=cfg.k, seed=cfg.seed),
     }
+    if (samples.parent / "sampling.json").is_file():  # written by sample.py: which sampler, how long
+        result["sampling"] = json.loads((samples.parent / "sampling.json").read_text())
     if cfg.floor:
         result["floor"] = real_floor(real["train"], reference, extractor, num_samples=len(images), k=cfg.k, seed=cfg.seed)
     atomic_write_json(Path(cfg.json) if cfg.json else samples.parent / "metrics.json", result)

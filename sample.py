@@ -4,7 +4,7 @@
     python sample.py ckpt=PATH sampler=dpmpp steps=10 out=DIR seed=1
     python sample.py ckpt=logs/vae/.../last.ckpt out=samples/vae    # the VAE-only baseline
 
-Writes DIR/grid.png and DIR/samples.npz: `images`, uint8 in 0..255 of shape (N, H, W) for
+Writes DIR/grid.png, DIR/sampling.json (checkpoint, sampler, seconds) and DIR/samples.npz: `images`, uint8 in 0..255 of shape (N, H, W) for
 one-channel data (N, C, H, W otherwise), and `labels` (int64, (N,)) for conditional models.
 """
 
@@ -23,7 +23,7 @@ from rich.progress import track
 from torchvision.utils import save_image
 
 from ldm.checkpoints import CheckpointError, checkpoint_kind, find_latest, load_vae
-from ldm.io import atomic_write
+from ldm.io import atomic_write, atomic_write_json
 from ldm.systems.latent_diffusion import LatentDiffusionModule
 
 log = logging.getLogger("sample")
@@ -81,6 +81,9 @@ def run(cfg: DictConfig) -> Path:
         save_image(frames, out / "trajectory.png", nrow=per_row)
     arrays = {"images": to_uint8(images)}
     atomic_write(out / "samples.npz", lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+    info = {"ckpt": str(ckpt), "generator": name, "num_samples": len(images), "seconds": seconds,
+            "device": str(device), "seed": cfg.seed, "batch_size": cfg.batch_size}
+    atomic_write_json(out / "sampling.json", info)
     log.info("%d samples from %s (%s) in %.2f s (%.0f samples/s) -> %s",
              len(images), ckpt, name, seconds, len(images) / seconds, out / "samples.npz")
     return out / "samples.npz"

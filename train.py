@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.checkpoints import find_latest, record_latest
+from ldm.checkpoints import CheckpointError, find_latest, record_latest
 from ldm.loggers import finish_wandb
 
 log = logging.getLogger("train")
@@ -47,6 +47,16 @@ OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
 OmegaConf.register_new_resolver("latest_ckpt", lambda stage, registry: str(find_latest(registry, stage)), replace=True)
 OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
+
+
+def _latest_or_none(stage: str, registry: str) -> str | None:
+    try:
+        return str(find_latest(registry, stage))
+    except CheckpointError:
+        return None
+
+
+OmegaConf.register_new_resolver("latest_ckpt_or_none", _latest_or_none, replace=True)
 
 
 def _instantiate_all(group: DictConfig | None) -> list:

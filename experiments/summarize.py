@@ -14,7 +14,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-COLUMNS = ["val/loss", "val/psnr", "val/ssim", "val/kl", "train/samples_per_sec", "train/epoch_seconds"]
+COLUMNS = [
+    "val/loss", "val/psnr", "val/ssim", "val/kl", "val/acc", "val/fid", "val/kid", "train/samples_per_sec", "train/epoch_seconds",
+]
 
 
 def epochs(run: Path) -> tuple[dict[int, dict[str, float]], dict[str, float]]:

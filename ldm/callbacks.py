@@ -1,4 +1,4 @@
-"""Callbacks that use only public methods of a system: image grids and throughput.
+"""Callbacks that use only public methods of a system: image grids, throughput, FID during training.
 
 `ImageLogger` asks the system for named image batches through `log_images(batch, num_images)`
 (each (N, C, H, W) in [0, 1], or an (images, images_per_row) pair for figures whose rows mean
@@ -16,7 +16,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torchmetrics import Metric
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.utils import make_grid, save_image
 
 log = logging.getLogger(__name__)
@@ -96,3 +99,70 @@ class ThroughputLogger(L.Callback):
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class SampleQuality(L.Callback):
+    """Every `every_n_epochs` validation epochs: FID and KID of EMA samples against real digits.
+
+    Scored in our classifier's feature space (`ldm.metrics`). Under DDP each rank draws its share
+    of `num_samples` with its own seed and holds a shard of the real digits; torchmetrics gathers
+    the statistics in `compute()`, so every rank contributes and all log the same `val/fid`,
+    `val/kid`. Without a classifier checkpoint it warns once and does nothing.
+
+    Args:
+        classifier_ckpt: a `ClassifierModule` checkpoint (None: disabled).
+        reference: the image DataModule whose validation digits are the real set.
+        num_samples: generated samples per evaluation, over all ranks.
+    """
+
+    def __init__(
+        self, classifier_ckpt: str | None, reference: L.LightningDataModule, every_n_epochs: int = 5,
+        num_samples: int = 2000, batch_size: int = 500,
+    ) -> None:
+        if every_n_epochs < 1 or num_samples < 2 or batch_size < 1:
+            raise ValueError(f"every_n_epochs={every_n_epochs}, num_samples={num_samples}, batch_size={batch_size} out of range")
+        self.classifier_ckpt, self.reference = classifier_ckpt, reference
+        self.every_n_epochs, self.num_samples, self.batch_size = every_n_epochs, num_samples, batch_size
+        self.metrics: dict[str, Metric] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.metrics or stage != "fit":
+            return
+        if not self.classifier_ckpt:
+            rank_zero_warn("SampleQuality: no classifier checkpoint, so no val/fid (python train.py model=classifier)")
+            return
+        from ldm.checkpoints import load_classifier  # here: checkpoints imports the models, not callbacks
+        from ldm.metrics import ClassifierFeatures
+
+        extractor = ClassifierFeatures(load_classifier(self.classifier_ckpt)).to(pl_module.device)
+        subset = min(1000, self.num_samples)
+        self.metrics = {
+            "fid": FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(pl_module.device),
+            "kid": KernelInceptionDistance(feature=extractor, reset_real_features=False, subset_size=subset).to(pl_module.device),
+        }
+        self.reference.prepare_data()
+        self.reference.setup("validate")
+        real = self.reference.val_dataloader().dataset
+        shard = list(range(trainer.global_rank, len(real), trainer.world_size))
+        for start in range(0, len(shard), self.batch_size):
+            images = real.__getitems__(shard[start : start + self.batch_size])["image"].to(pl_module.device)
+            for metric in self.metrics.values():
+                metric.update(images, real=True)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if not self.metrics or trainer.sanity_checking or not due:
+            return
+        generator = torch.Generator(device=pl_module.device).manual_seed(1000 * trainer.current_epoch + trainer.global_rank)
+        remaining = math.ceil(self.num_samples / trainer.world_size)
+        while remaining > 0:
+            images = pl_module.sample(min(self.batch_size, remaining), generator=generator)
+            remaining -= len(images)
+            for metric in self.metrics.values():
+                metric.update(images.float(), real=False)
+        fid = self.metrics["fid"].compute()
+        kid, _ = self.metrics["kid"].compute()
+        for metric in self.metrics.values():
+            metric.reset()  # keeps the real statistics (reset_real_features=False)
+        # Already reduced over ranks by torchmetrics: no sync_dist needed.
+        pl_module.log_dict({"val/fid": fid.float(), "val/kid": kid.float()}, on_epoch=True)

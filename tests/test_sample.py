@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import lightning as L
@@ -51,6 +52,7 @@ def test_sample_writes_grid_and_npz(checkpoints, tmp_path: Path, kind: str, extr
     cfg = _compose([f"ckpt={checkpoints[kind]}", "num_samples=7", "batch_size=3", f"out={out}", "device=cpu", *extra])
     path = run(cfg)
     assert (out / "grid.png").is_file() and path == out / "samples.npz"
+    assert json.loads((out / "sampling.json").read_text())["num_samples"] == 7
     data = np.load(path)
     assert set(data.files) == {"images"}
     assert data["images"].shape == (7, 28, 28) and data["images"].dtype == np.uint8

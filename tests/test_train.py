@@ -87,6 +87,25 @@ def test_train_vae_then_ldm_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
     assert len(list((tmp_path / ".cache" / "ldm").glob("latents-*.pt"))) == 1
 
 
+def test_ldm_logs_fid_and_kid_when_a_classifier_exists(tmp_path: Path, mnist_dir: Path) -> None:
+    from test_classifier import save_classifier_checkpoint
+
+    from conftest import save_vae_checkpoint
+
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+    classifier = save_classifier_checkpoint(tmp_path / "classifier.ckpt")
+    cfg = compose_cfg(tmp_path, mnist_dir, [
+        "model=ldm", f"vae_ckpt={vae}", *LDM_TINY, "trainer.max_epochs=2", "test=false",
+        f"callbacks.sample_quality.classifier_ckpt={classifier}", "callbacks.sample_quality.every_n_epochs=2",
+        "callbacks.sample_quality.num_samples=16", "callbacks.sample_quality.batch_size=8",
+        "callbacks.model_checkpoint.monitor=val/fid", "callbacks.model_checkpoint.every_n_epochs=2",
+    ])
+    metrics = train(cfg)
+    assert metrics["val/fid"] > 0 and "val/kid" in metrics
+    assert "val/fid" in (tmp_path / "run" / "csv" / "metrics.csv").read_text()
+    assert find_latest(tmp_path / "logs" / "latest", "ldm").name == "epoch001.ckpt"  # best by val/fid
+
+
 def test_ldm_without_a_vae_says_how_to_get_one(tmp_path: Path, mnist_dir: Path) -> None:
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", *LDM_TINY])
     with pytest.raises(Exception, match=r"python train.py model=vae.*vae_ckpt=PATH"):
