@@ -53,7 +53,7 @@ def real_images(cfg: DictConfig) -> dict[str, torch.Tensor]:
 def evaluate(cfg: DictConfig) -> dict:
     samples = Path(cfg.samples) if cfg.samples else run_sampling(cfg)
     images, labels = load_samples(samples)
-    classifier_ckpt = Path(cfg.classifier_ckpt) if cfg.classifier_ckpt else find_latest(cfg.paths.registry_dir, "classifier")
+    classifier_ckpt = Path(cfg.classifier_ckpt) if cfg.classifier_ckpt else find_latest(cfg.registry_dir, "classifier")
     extractor = ClassifierFeatures(load_classifier(classifier_ckpt)).to(_device(cfg.device))
     real = real_images(cfg)
     reference = cached_reference_features(real["test"], extractor, cfg.cache_dir)

@@ -70,19 +70,27 @@ def _log_grid(logger: object, key: str, grid: torch.Tensor, step: int) -> None:
 
 
 class ThroughputLogger(L.Callback):
-    """Logs `train/samples_per_sec` and `train/epoch_seconds` for each training epoch.
+    """Logs `train/samples_per_sec` and `train/epoch_seconds` (training only) for each epoch.
 
     Counts the samples of every batch (the length of its first tensor) on this process and
     multiplies by the world size; the clock stops after a device synchronisation so queued GPU
-    work is included.
+    work is included, and the validation run inside the epoch (sample grids, FID) is left out.
     """
 
     def __init__(self) -> None:
-        self._start, self._samples = 0.0, 0
+        self._start, self._samples, self._paused, self._pause_start = 0.0, 0, 0.0, 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _synchronize(pl_module.device)
-        self._start, self._samples = time.perf_counter(), 0
+        self._start, self._samples, self._paused = time.perf_counter(), 0, 0.0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module.device)
+        self._pause_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module.device)
+        self._paused += time.perf_counter() - self._pause_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None) if isinstance(batch, dict) else None
@@ -90,7 +98,7 @@ class ThroughputLogger(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _synchronize(pl_module.device)
-        seconds = time.perf_counter() - self._start
+        seconds = time.perf_counter() - self._start - self._paused
         rate = self._samples * trainer.world_size / max(seconds, 1e-9)
         pl_module.log_dict({"train/samples_per_sec": rate, "train/epoch_seconds": seconds}, on_epoch=True, on_step=False)
         log.info("epoch %d: %.0f samples/s, %.1f s", trainer.current_epoch, rate, seconds)

@@ -67,16 +67,14 @@ def encode_split(vae: AutoencoderKL, dataset: TensorBatchDataset, batch_size: in
 def estimate_normalizer(train: Batch, shift: bool) -> LatentNormalizer:
     """Scale (and shift) so that training latents z = mean + std * eps have unit variance.
 
-    Var[z] over the data and eps = E[mean^2] + E[std^2] - E[z]^2, computed exactly in float64
-    over the whole training set rather than from one batch (Rombach et al. use one batch).
+    E[z^2] over the data and eps is E[mean^2] + E[std^2]; without a shift the scale is its root
+    (unit RMS), with one the mean is removed first. Exact, in float64, over the whole training
+    set (Rombach et al. estimate it from one batch).
     """
     mean, std = train["mean"].double(), train["std"].double()
-    center = mean.mean()
-    var = mean.pow(2).mean() + std.pow(2).mean() - center.pow(2)
-    offset = float(center) if shift else 0.0
-    if not shift:  # without a shift, scale by the root mean square instead of the std
-        var = var + center.pow(2)
-    return LatentNormalizer(scale=float(var.rsqrt()), shift=offset)
+    second_moment = mean.pow(2).mean() + std.pow(2).mean()
+    center = float(mean.mean()) if shift else 0.0
+    return LatentNormalizer(scale=float((second_moment - center**2).rsqrt()), shift=center)
 
 
 class CacheError(RuntimeError):
