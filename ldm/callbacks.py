@@ -164,7 +164,8 @@ class SampleQuality(L.Callback):
         generator = torch.Generator(device=pl_module.device).manual_seed(1000 * trainer.current_epoch + trainer.global_rank)
         remaining = math.ceil(self.num_samples / trainer.world_size)
         while remaining > 0:
-            images = pl_module.sample(min(self.batch_size, remaining), generator=generator)
+            n = min(self.batch_size, remaining)  # conditional models: balanced classes, default guidance
+            images = pl_module.sample(n, generator=generator, labels=pl_module.default_labels(n))
             remaining -= len(images)
             for metric in self.metrics.values():
                 metric.update(images.float(), real=False)

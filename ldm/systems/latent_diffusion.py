@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ldm.checkpoints import CheckpointError, load_checkpoint, load_vae
 from ldm.diffusion import parameterization as parameterization_module
+from ldm.diffusion.guidance import ClassConditioning, check_guidance, guide
 from ldm.diffusion.parameterization import Parameterization
 from ldm.diffusion.samplers import DDIMSampler, Sampler, denoiser_from, sample
 from ldm.diffusion.schedules import NoiseSchedule
@@ -48,7 +49,8 @@ class LatentDiffusionModule(L.LightningModule):
         optimizer: partial optimizer over the denoiser's parameters.
         scheduler: optional partial LR schedule taking (optimizer, total_steps).
         loss_weight: per-timestep weight of the squared error (uniform by default).
-        ema_decay: decay of the EMA of the denoiser's weights.
+        ema_decay: the decay of the EMA of the denoiser's weights.
+        conditioning: class labels with classifier-free guidance (None: unconditional).
     """
 
     def __init__(
@@ -62,9 +64,11 @@ class LatentDiffusionModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         loss_weight: LossWeight | None = None,
         ema_decay: float = 0.999,
+        conditioning: ClassConditioning | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "vae", "optimizer", "scheduler", "loss_weight"])
+        self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "vae", "optimizer",
+                                          "scheduler", "loss_weight", "conditioning"])
         source = "the given VAE" if isinstance(vae, AutoencoderKL) else str(vae)
         self.vae = (vae if isinstance(vae, AutoencoderKL) else load_vae(vae)).eval().requires_grad_(False)
         if self.vae.latent_shape[0] != unet.in_channels:
@@ -74,6 +78,11 @@ class LatentDiffusionModule(L.LightningModule):
                 "or pass a matching vae_ckpt=PATH"
             )
         sampler.timesteps(schedule)  # fails now, not after training, if e.g. num_steps > T
+        wanted = conditioning.num_classes if conditioning else None
+        if unet.num_classes != wanted:
+            raise ValueError(f"conditioning has {wanted} classes but the UNet {unet.num_classes}: "
+                             f"set model.unet.num_classes={wanted}")
+        self.conditioning = conditioning
         self.vae_sha256 = update_hash(hashlib.sha256(), self.vae.state_dict()).hexdigest()
         self.unet, self.schedule, self.parameterization, self.sampler = unet, schedule, parameterization, sampler
         self.ema = EMA(unet, ema_decay)
@@ -96,9 +105,11 @@ class LatentDiffusionModule(L.LightningModule):
         return self.unet(x_t, t)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        z0 = batch["latent"]
+        z0, labels = batch["latent"], self._labels(batch)
+        if labels is not None:
+            labels = self.conditioning.drop_labels(labels)  # learn the unconditional model too
         t = torch.randint(0, self.schedule.num_timesteps, (len(z0),), device=z0.device)
-        loss = self.diffusion_loss(self.unet, z0, t, torch.randn_like(z0)).mean()
+        loss = self.diffusion_loss(self.unet, z0, t, torch.randn_like(z0), labels).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(z0))
         return loss
 
@@ -115,16 +126,22 @@ class LatentDiffusionModule(L.LightningModule):
         t = grid[torch.arange(len(z0), device=z0.device) % VAL_TIMESTEPS]
         generator = torch.Generator(device=z0.device).manual_seed(batch_idx)
         eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        loss = self.diffusion_loss(self.ema.model, z0, t, eps).mean()
+        loss = self.diffusion_loss(self.ema.model, z0, t, eps, self._labels(batch)).mean()
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(z0), sync_dist=True)
         return loss
 
-    def diffusion_loss(self, network: torch.nn.Module, z0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def _labels(self, batch: dict[str, Tensor]) -> Tensor | None:
+        return batch["label"] if self.conditioning is not None else None
+
+    def diffusion_loss(
+        self, network: torch.nn.Module, z0: Tensor, t: Tensor, eps: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
         """Weighted squared error of the network's output against the target, per sample. (B,)"""
         alpha, sigma = self.schedule.coefficients(t, z0.ndim)
         x_t = self.schedule.q_sample(z0, t, eps)
         target = self.parameterization.target(z0, eps, alpha, sigma)
-        error = (network(x_t, t).float() - target.float()).pow(2).flatten(1).mean(1)
+        output = network(x_t, t) if labels is None else network(x_t, t, labels)
+        error = (output.float() - target.float()).pow(2).flatten(1).mean(1)
         factor = self.parameterization.x0_loss_factor(alpha, sigma).flatten()
         return self.loss_weight(self.schedule.snr(t), factor) * error
 
@@ -142,6 +159,7 @@ class LatentDiffusionModule(L.LightningModule):
             "latent_shape": list(self.vae.latent_shape), "unet_config": dict(self.unet.config),
             "parameterization": type(self.parameterization).__name__,
             "schedule": {"alpha": self.schedule.alpha.cpu(), "sigma": self.schedule.sigma.cpu()},
+            "conditioning": self.conditioning.config() if self.conditioning else None,
         }
 
     @classmethod
@@ -157,17 +175,52 @@ class LatentDiffusionModule(L.LightningModule):
             schedule=NoiseSchedule((info["schedule"]["alpha"], info["schedule"]["sigma"])),
             parameterization=param_cls(), sampler=sampler or DDIMSampler(),
             vae=AutoencoderKL(**info["vae_config"]),
+            conditioning=ClassConditioning(**info["conditioning"]) if info.get("conditioning") else None,
         )
         model.load_state_dict(checkpoint["state_dict"])
         return model.eval()
 
+    def guided_network(self, labels: Tensor | None, guidance: float | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The EMA denoiser as (x_t, t) -> output, with classifier-free guidance for `labels`.
+
+        w = 0 and w = 1 run one pass (exactly the unconditional / conditional model); otherwise the
+        conditional and unconditional passes share one batched forward call.
+        """
+        net = self.ema.model
+        if self.conditioning is None:
+            if labels is not None:
+                raise ValueError("labels were given but this model is unconditional (train with conditioning=class)")
+            return net
+        w = self.conditioning.guidance if guidance is None else guidance
+        check_guidance(w)
+        if labels is None or w == 0:
+            return lambda x, t: net(x, t, None)  # the null label everywhere
+        if w == 1:
+            return lambda x, t: net(x, t, labels)
+        null = torch.full_like(labels, self.conditioning.null_label)
+
+        def guided(x: Tensor, t: Tensor) -> Tensor:
+            cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+            return guide(cond, uncond, w)
+
+        return guided
+
     @torch.no_grad()
     def sample_latents(
         self, num_samples: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
+        return_trajectory: bool = False, labels: Tensor | None = None, guidance: float | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Normalised latents from the EMA denoiser, (N, *latent_shape) (and the x_t trajectory)."""
-        denoiser = denoiser_from(self.ema.model, self.parameterization, self.schedule)
+        """Normalised latents from the EMA denoiser, (N, *latent_shape) (and the x_t trajectory).
+
+        `labels` (N,) picks each sample's class for a conditional model; `guidance` is w
+        (default: the model's `conditioning.guidance`).
+        """
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=self.device).long()
+            if labels.shape != (num_samples,):
+                raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+        network = self.guided_network(labels, guidance)
+        denoiser = denoiser_from(network, self.parameterization, self.schedule)
         shape = (num_samples, *self.vae.latent_shape)
         return sample(denoiser, self.schedule, sampler or self.sampler, shape, generator=generator,
                       device=self.device, return_trajectory=return_trajectory)
@@ -178,15 +231,24 @@ class LatentDiffusionModule(L.LightningModule):
         return self.vae.decode(self.normalizer.denormalize(z_n))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, sampler: Sampler | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Decoded samples (N, C, H, W) in [0, 1]."""
-        return self.decode(self.sample_latents(num_samples, sampler, generator))
+    def sample(
+        self, num_samples: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+        labels: Tensor | None = None, guidance: float | None = None,
+    ) -> Tensor:
+        """Decoded samples (N, C, H, W) in [0, 1] (of the given classes, for a conditional model)."""
+        return self.decode(self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance))
+
+    def default_labels(self, num_samples: int) -> Tensor | None:
+        """Classes 0, 1, ..., 9, 0, ... for a conditional model (balanced grids), else None."""
+        if self.conditioning is None:
+            return None
+        return torch.arange(num_samples, device=self.device) % self.conditioning.num_classes
 
     @torch.no_grad()
     def log_images(self, batch: dict[str, Tensor], num_images: int) -> dict[str, Any]:
         """Samples, the forward corruption of real latents, and one denoising trajectory."""
         generator = torch.Generator(device=self.device).manual_seed(0)
-        samples = self.sample(num_images, generator=generator)
+        samples = self.sample(num_images, generator=generator, labels=self.default_labels(num_images))
         return {"samples": samples, **self.forward_corruption(batch["latent"][:4]), **self.trajectory(4, generator)}
 
     @torch.no_grad()
@@ -202,7 +264,8 @@ class LatentDiffusionModule(L.LightningModule):
     @torch.no_grad()
     def trajectory(self, num_rows: int, generator: torch.Generator, columns: int = 8) -> dict[str, tuple[Tensor, int]]:
         """Denoising trajectories: each row one sample, decoded at evenly spaced sampler steps."""
-        _, states = self.sample_latents(num_rows, generator=generator, return_trajectory=True)
+        labels = self.default_labels(num_rows)
+        _, states = self.sample_latents(num_rows, generator=generator, return_trajectory=True, labels=labels)
         picks = torch.linspace(0, len(states) - 1, columns).round().long().tolist()
         images = self.decode(torch.stack([states[i] for i in picks], 1).flatten(0, 1))
         return {"denoising_trajectory": (images, columns)}
