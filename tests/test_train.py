@@ -138,3 +138,23 @@ def test_schedule_multirun_shares_one_cache_and_one_wandb_group(tmp_path: Path, 
     for job in jobs:
         (run_log,) = job.glob("wandb/offline-run-*/run-*.wandb")
         assert group in run_log.read_bytes()
+
+
+def test_ddp_two_cpu_processes_vae_then_ldm(tmp_path: Path, mnist_dir: Path) -> None:
+    """trainer=ddp with 2 gloo processes: both stages train; the latent cache is encoded once."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir)}
+    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "callbacks.progress_bar=null",
+              f"paths.root_dir={tmp_path}"]
+    for stage in (["model=vae", *TINY], ["model=ldm", *LDM_TINY, "data.images.val_size=64"]):
+        overrides = [o for o in stage if not o.startswith("trainer=")]
+        result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, *common],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count("Encoding MNIST") == 1
+    assert find_latest(tmp_path / "logs" / "latest", "ldm").is_file()
