@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -25,6 +26,8 @@ from ldm.checkpoints import CheckpointError, find_latest, record_latest
 from ldm.loggers import finish_wandb
 
 log = logging.getLogger("train")
+# The LDM's frozen VAE and EMA copy are in eval mode on purpose; Lightning warns about any such module.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def _multirun() -> bool:
