@@ -89,3 +89,22 @@ def test_mode_mean_and_bad_arguments(mnist_dir: Path, vae_ckpt: Path, tmp_path: 
     assert torch.equal(train.__getitems__([3])["latent"], train.__getitems__([3])["latent"])
     with pytest.raises(ValueError, match="data.mode='median'"):
         LatentDataModule(dm.images, vae_ckpt, tmp_path, mode="median")
+
+
+def _build_in_process(args: tuple[Path, Path, Path]) -> bool:
+    torch.set_num_threads(1)
+    mnist_dir, vae_ckpt, cache_dir = args
+    images = MNISTDataModule(data_dir=mnist_dir, val_size=64)
+    dm = LatentDataModule(images, vae_ckpt, cache_dir, batch_size=100, encode_batch_size=128)
+    dm.prepare_data()
+    return dm.encoded
+
+
+def test_two_processes_building_the_same_cache_encode_once(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        encoded = pool.map(_build_in_process, [(mnist_dir, vae_ckpt, tmp_path / "cache")] * 2)
+    assert sorted(encoded) == [False, True]  # one built it under the lock, the other read it
+    assert len(list((tmp_path / "cache").glob("latents-*.pt"))) == 1
+    assert not list((tmp_path / "cache").glob(".*.tmp"))  # no temp file left behind
