@@ -20,9 +20,13 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.checkpoints import CheckpointError, find_latest, record_latest
+from ldm.data.idx import IDXError
+from ldm.data.latents import CacheError
+from ldm.data.mnist import DatasetNotFoundError
 from ldm.loggers import finish_wandb
 
 log = logging.getLogger("train")
@@ -106,9 +110,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def user_error(error: BaseException) -> BaseException | None:
+    """The user-facing cause of `error` (missing data or checkpoint, bad config value), if it is one."""
+    chain, cause = [], error
+    while cause is not None and len(chain) < 8:  # Hydra and OmegaConf wrap what our code raised
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in chain:
+        if isinstance(cause, (CheckpointError, DatasetNotFoundError, IDXError, CacheError)):
+            return cause
+    if isinstance(error, InstantiationException) and isinstance(error.__cause__, ValueError):
+        return error.__cause__  # a constructor rejected a config value; its message names the key
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise  # a bug: keep the traceback
+        log.error("%s", cause)  # one line that names the problem and the fix, no traceback
+        raise SystemExit(1) from None
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -158,3 +158,22 @@ def test_ddp_two_cpu_processes_vae_then_ldm(tmp_path: Path, mnist_dir: Path) -> 
         assert result.returncode == 0, result.stderr[-3000:]
     assert (result.stdout + result.stderr).count("Encoding MNIST") == 1
     assert find_latest(tmp_path / "logs" / "latest", "ldm").is_file()
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "LDM_DATA_DIR"}
+    for args, message in (
+        (["model=ldm"], "python train.py model=vae"),
+        (["model=vae", "model.recon_loss=huber"], "model.recon_loss='huber'"),
+        (["model=vae", "data.download=false"], "Put the four official files there"),
+    ):
+        result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={tmp_path}"],
+                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1 and message in output and "Traceback" not in output, output[-2000:]
