@@ -108,3 +108,12 @@ def test_two_processes_building_the_same_cache_encode_once(mnist_dir: Path, vae_
     assert sorted(encoded) == [False, True]  # one built it under the lock, the other read it
     assert len(list((tmp_path / "cache").glob("latents-*.pt"))) == 1
     assert not list((tmp_path / "cache").glob(".*.tmp"))  # no temp file left behind
+
+
+def test_setup_after_prepare_data_reads_the_cache_once(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")  # builds it
+    reads = []
+    real = latents_module.read_cache
+    monkeypatch.setattr(latents_module, "read_cache", lambda *a: reads.append(1) or real(*a))
+    dm = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")  # prepare_data + setup
+    assert reads == [1] and len(dm.splits["train"]) == 256

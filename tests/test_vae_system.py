@@ -52,8 +52,12 @@ def test_loss_is_recon_plus_beta_kl() -> None:
 
 
 def test_beta_warmup_is_linear() -> None:
+    from unittest.mock import PropertyMock, patch
+
     module = _module(beta=0.2, beta_warmup_steps=100)
-    assert module.current_beta() == 0.0  # global_step is 0 without a trainer
+    for step, expected in ((0, 0.0), (25, 0.05), (100, 0.2), (500, 0.2)):
+        with patch.object(VAEModule, "global_step", new_callable=PropertyMock, return_value=step):
+            assert module.current_beta() == pytest.approx(expected)
     assert _module(beta=0.2).current_beta() == 0.2
 
 

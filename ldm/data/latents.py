@@ -145,6 +145,7 @@ class LatentDataModule(L.LightningDataModule):
         self.normalizer: LatentNormalizer | None = None
         self.splits: dict[str, TensorBatchDataset] = {}
         self.encoded = False  # whether this process (re)built the cache
+        self._cache: dict | None = None  # kept from prepare_data so setup in the same process reads nothing
 
     def _device(self) -> torch.device:
         if self.trainer is not None:
@@ -182,12 +183,14 @@ class LatentDataModule(L.LightningDataModule):
         return cache
 
     def prepare_data(self) -> None:
-        self._load_or_build()
+        self._cache = self._load_or_build()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        cache = self._load_or_build()  # a read, unless prepare_data ran on another node only
+        # Other DDP ranks (and setup-only use) did not run prepare_data: they read the file.
+        cache = self._cache if self._cache is not None else self._load_or_build()
+        self._cache = None
         device = self._device()
         self.normalizer = LatentNormalizer(cache["scale"], cache["shift"]).to(device)
         for split in SPLITS:

@@ -94,8 +94,7 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        return configure(self.optimizer_factory, self.scheduler_factory, self.classifier.parameters(),
-                         self.trainer.estimated_stepping_batches if self._trainer else 1)
+        return configure(self, self.classifier.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only, so `ldm.checkpoints.load_classifier` can rebuild it with weights_only=True.

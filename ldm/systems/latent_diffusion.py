@@ -146,8 +146,7 @@ class LatentDiffusionModule(L.LightningModule):
         return self.loss_weight(self.schedule.snr(t), factor) * error
 
     def configure_optimizers(self) -> Any:
-        return configure(self.optimizer_factory, self.scheduler_factory, self.unet.parameters(),
-                         self.trainer.estimated_stepping_batches if self._trainer else 1)
+        return configure(self, self.unet.parameters())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update(self.unet, self.global_step)

@@ -8,11 +8,14 @@ which is only known once the Trainer has seen the data.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.optim.lr_scheduler import LambdaLR
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 def warmup_cosine(
@@ -32,16 +35,15 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
-def configure(
-    optimizer: Callable[..., Optimizer] | None,
-    scheduler: Callable[..., LRScheduler] | None,
-    params: Iterable[torch.nn.Parameter],
-    total_steps: int,
-) -> Optimizer | dict:
-    """What `configure_optimizers` returns: the optimizer over `params`, and a per-step schedule."""
-    if optimizer is None:
+def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter]) -> Optimizer | dict:
+    """What a system's `configure_optimizers` returns: its partial optimizer finished over `params`,
+    and its partial LR schedule (if any) stepped per optimizer step over the run's total steps."""
+    if module.optimizer_factory is None:
         raise RuntimeError("This module was built without an optimizer (for sampling only); it cannot train")
-    built = optimizer(params=params)
-    if scheduler is None:
+    built = module.optimizer_factory(params=params)
+    if module.scheduler_factory is None:
         return built
-    return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler(built, total_steps=total_steps), "interval": "step"}}
+    # Without a Trainer (notebooks, tests) the total is unknown; the schedule then stays at its start.
+    total_steps = module.trainer.estimated_stepping_batches if module._trainer is not None else 1
+    scheduler = module.scheduler_factory(built, total_steps=total_steps)
+    return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

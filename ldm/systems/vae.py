@@ -111,8 +111,7 @@ class VAEModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        return configure(self.optimizer_factory, self.scheduler_factory, self.vae.parameters(),
-                         self.trainer.estimated_stepping_batches if self._trainer else 1)
+        return configure(self, self.vae.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only, so `ldm.checkpoints.load_vae` can rebuild the VAE with weights_only=True.
