@@ -27,11 +27,11 @@ import lightning as L
 import torch
 from filelock import FileLock
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from ldm.checkpoints import load_vae
 from ldm.data.mnist import MNISTDataModule
-from ldm.data.tensors import Batch, TensorBatchDataset, batch_loader
+from ldm.data.loader import TensorLoader, loader_for
+from ldm.data.tensors import Batch, TensorBatchDataset
 from ldm.io import atomic_write, update_hash
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
 
@@ -56,7 +56,7 @@ def encode_split(vae: AutoencoderKL, dataset: TensorBatchDataset, batch_size: in
     """Posterior mean and std (N, *latent_shape) and labels (N,) of every image in `dataset`."""
     means, stds, labels = [], [], []
     for start in range(0, len(dataset), batch_size):
-        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+        batch = dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
         mean, logvar = vae.encode(batch["image"].to(device, non_blocking=True))
         means.append(mean.float().cpu())
         stds.append(torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)).cpu())
@@ -105,10 +105,11 @@ class SampleLatent:
     def __init__(self, normalizer: LatentNormalizer, mode: Literal["sample", "mean"]) -> None:
         self.normalizer, self.mode = normalizer, mode
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         z = batch["mean"]
-        if self.mode == "sample":
-            z = z + batch["std"] * torch.randn_like(z)  # reparameterisation, as the VAE was trained
+        if self.mode == "sample":  # reparameterisation, as the VAE was trained
+            eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = z + batch["std"] * eps
         return {"latent": self.normalizer.normalize(z), "label": batch["label"]}
 
 
@@ -123,6 +124,7 @@ class LatentDataModule(L.LightningDataModule):
         mode: "sample" draws z = mean + std * eps afresh each step; "mean" uses the mean.
         shift: also subtract the training latents' mean (else only scale).
         encode_batch_size: images per encoder call while building the cache.
+        seed: the shuffling order and latent draws of epoch e depend on (seed, e) only.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class LatentDataModule(L.LightningDataModule):
         mode: Literal["sample", "mean"] = "sample",
         shift: bool = False,
         encode_batch_size: int = 2048,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if mode not in ("sample", "mean"):
@@ -142,6 +145,7 @@ class LatentDataModule(L.LightningDataModule):
             raise ValueError(f"data.batch_size={batch_size} and data.encode_batch_size={encode_batch_size} must be >= 1")
         self.images, self.vae_ckpt, self.cache_dir = images, Path(vae_ckpt), Path(cache_dir)
         self.batch_size, self.mode, self.shift, self.encode_batch_size = batch_size, mode, shift, encode_batch_size
+        self.seed = seed
         self.normalizer: LatentNormalizer | None = None
         self.splits: dict[str, TensorBatchDataset] = {}
         self.encoded = False  # whether this process (re)built the cache
@@ -208,11 +212,11 @@ class LatentDataModule(L.LightningDataModule):
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.splits["train"].tensors["mean"].shape[1:])
 
-    def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.splits["train"], self.batch_size, shuffle=True)
+    def train_dataloader(self) -> TensorLoader:
+        return loader_for(self, self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
 
-    def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.splits["val"], self.batch_size, shuffle=False)
+    def val_dataloader(self) -> TensorLoader:
+        return loader_for(self, self.splits["val"], self.batch_size, shuffle=False, seed=self.seed)
 
-    def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.splits["test"], self.batch_size, shuffle=False)
+    def test_dataloader(self) -> TensorLoader:
+        return loader_for(self, self.splits["test"], self.batch_size, shuffle=False, seed=self.seed)

@@ -14,11 +14,11 @@ from urllib.parse import urlparse
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 
 from ldm.data.idx import find_idx_file, read_idx
-from ldm.data.tensors import Batch, TensorBatchDataset, batch_loader
+from ldm.data.loader import TensorLoader, loader_for
+from ldm.data.tensors import Batch, TensorBatchDataset
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ToFloat:
     def __init__(self, channels: int) -> None:
         self.channels = channels
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         image = batch["image"].unsqueeze(1).float().div_(255.0)  # (B, 1, H, W)
         if self.channels != 1:
             image = image.expand(-1, self.channels, -1, -1).contiguous()
@@ -65,7 +65,8 @@ class MNISTDataModule(L.LightningDataModule):
             it names the folder and the download mirrors.
         channels: 1, or 3 to repeat the grey channel (for networks built for colour).
         image_size: must equal the files' height and width; it is here so networks can read it.
-        val_size: images moved from the official train split to validation.
+        val_size: images moved from the official train split to validation (chosen by `split_seed`).
+        seed: the shuffling order of epoch e depends on (seed, e) only (`ldm.data.loader`).
         subset: if set, use at most this many images per split (quick experiments).
     """
 
@@ -77,8 +78,8 @@ class MNISTDataModule(L.LightningDataModule):
         image_size: int = 28,
         val_size: int = 5000,
         batch_size: int = 256,
-        num_workers: int = 0,
         split_seed: int = 0,
+        seed: int = 0,
         download: bool = True,
         subset: int | None = None,
     ) -> None:
@@ -92,7 +93,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir).expanduser()
         self.dataset_cls = dataset_cls
         self.channels, self.image_size = channels, image_size
-        self.val_size, self.batch_size, self.num_workers = val_size, batch_size, num_workers
+        self.val_size, self.batch_size, self.seed = val_size, batch_size, seed
         self.split_seed, self.download, self.subset = split_seed, download, subset
         self.splits: dict[str, TensorBatchDataset] = {}
 
@@ -163,11 +164,17 @@ class MNISTDataModule(L.LightningDataModule):
             self.splits[name] = TensorBatchDataset({"image": x, "label": y}, transform)
         log.info("%s splits: %s", self.dataset_cls.__name__, {k: len(v) for k, v in self.splits.items()})
 
-    def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.splits["train"], self.batch_size, True, self.num_workers)
+    def _loader(self, split: str, shuffle: bool) -> TensorLoader:
+        dataset = self.splits[split]
+        if self.trainer is not None:  # ~50 MB of uint8 MNIST: batches are built where the model is
+            dataset.to(self.trainer.strategy.root_device)
+        return loader_for(self, dataset, self.batch_size, shuffle=shuffle, seed=self.seed)
 
-    def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.splits["val"], self.batch_size, False, self.num_workers)
+    def train_dataloader(self) -> TensorLoader:
+        return self._loader("train", shuffle=True)
 
-    def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.splits["test"], self.batch_size, False, self.num_workers)
+    def val_dataloader(self) -> TensorLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self._loader("test", shuffle=False)

@@ -1,29 +1,33 @@
 """A dataset over tensors that are already in memory, indexed a whole batch at a time.
 
-PyTorch's DataLoader calls `dataset.__getitems__(indices)` when it exists, so one fancy-index
-per batch replaces `batch_size` Python `__getitem__` calls and a collate. For MNIST-sized data
-this keeps the loader far from being the bottleneck without any worker processes.
+`TensorBatchDataset.batch(indices)` is one fancy-index per tensor, on the tensors' own device,
+followed by an optional per-batch transform (dtype conversion, latent sampling). For MNIST-sized
+data the whole dataset fits on the GPU, so batching costs a few kernel launches and no host work;
+`ldm.data.loader.TensorLoader` drives it. `__getitems__` keeps it usable with a torch DataLoader.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 Batch = dict[str, torch.Tensor]
+Transform = Callable[[Batch, "torch.Generator | None"], Batch]
 
 
-def _identity(batch: Batch) -> Batch:
-    # Module-level (not a lambda) so DataLoader workers can pickle it.
+def _identity(batch: Batch, generator: torch.Generator | None = None) -> Batch:
     return batch
 
 
-class TensorBatchDataset(Dataset):
-    """Rows of equally long tensors, returned as a dict batch, optionally transformed per batch."""
+class TensorBatchDataset(torch.utils.data.Dataset):
+    """Rows of equally long tensors, returned as a dict batch, optionally transformed per batch.
 
-    def __init__(self, tensors: Batch, transform: Callable[[Batch], Batch] | None = None) -> None:
+    The transform is called as `transform(batch, generator)`; a random transform draws from
+    `generator` (when given) so the loader can make every batch reproducible.
+    """
+
+    def __init__(self, tensors: Batch, transform: Transform | None = None) -> None:
         lengths = {name: len(t) for name, t in tensors.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"TensorBatchDataset needs tensors of equal length, got {lengths}")
@@ -33,26 +37,22 @@ class TensorBatchDataset(Dataset):
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.tensors.values())).device
+
+    def to(self, device: torch.device | str) -> "TensorBatchDataset":
+        """Move the tensors (in place) to `device`, e.g. the GPU, so batches are built there."""
+        self.tensors = {name: t.to(device) for name, t in self.tensors.items()}
+        return self
+
+    def batch(self, indices: torch.Tensor | Sequence[int], generator: torch.Generator | None = None) -> Batch:
+        """The transformed rows `indices` (a tensor of any device, or a list of ints)."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        return self.transform({name: t[idx] for name, t in self.tensors.items()}, generator)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        return self.batch(indices)
+
     def __getitem__(self, index: int) -> Batch:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.transform({name: t[idx] for name, t in self.tensors.items()})
-
-
-def batch_loader(
-    dataset: TensorBatchDataset, batch_size: int, shuffle: bool, num_workers: int = 0
-) -> DataLoader:
-    """A DataLoader that fetches whole batches through `__getitems__` (no per-item collate)."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        collate_fn=_identity,
-        # Pinning only helps host tensors; latents may already live on the GPU.
-        pin_memory=torch.cuda.is_available() and all(t.device.type == "cpu" for t in dataset.tensors.values()),
-        persistent_workers=num_workers > 0,
-        drop_last=False,
-    )
+        return self.batch([index])

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from ldm.models.classifier import MNISTClassifier
+from ldm.systems.compile import Compiled
 from ldm.systems.optim import configure
 
 
@@ -52,6 +53,7 @@ class ClassifierModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         label_smoothing: float = 0.0,
         augment_shift: int = 2,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0 or augment_shift < 0:
@@ -60,6 +62,7 @@ class ClassifierModule(L.LightningModule):
             )
         self.save_hyperparameters(ignore=["classifier", "optimizer", "scheduler"])
         self.classifier = classifier
+        self.compiled = Compiled(compile)  # training calls torch.compile(classifier) if asked
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         # One metric object per stage: their running states must not mix. (Attributes, not a
         # ModuleDict, because `train` is taken by nn.Module.train.)
@@ -84,7 +87,7 @@ class ClassifierModule(L.LightningModule):
         train = stage == "train"
         if train:
             x = random_shift(x, self.hparams.augment_shift)
-        logits = self.classifier(x).float()
+        logits = (self.compiled(self.classifier) if train else self.classifier)(x).float()
         # Label smoothing is a training device; val/test report the plain cross-entropy.
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if train else 0.0)
         accuracy = getattr(self, f"{stage}_acc")

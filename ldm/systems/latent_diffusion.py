@@ -29,6 +29,7 @@ from ldm.diffusion.weighting import LossWeight, UniformWeight
 from ldm.io import update_hash
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
 from ldm.models.unet import UNet
+from ldm.systems.compile import Compiled
 from ldm.systems.ema import EMA
 from ldm.systems.optim import configure
 
@@ -51,6 +52,7 @@ class LatentDiffusionModule(L.LightningModule):
         loss_weight: per-timestep weight of the squared error (uniform by default).
         ema_decay: the decay of the EMA of the denoiser's weights.
         conditioning: class labels with classifier-free guidance (None: unconditional).
+        compile: train through `torch.compile(unet)` (True or a mode; see `ldm.systems.compile`).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class LatentDiffusionModule(L.LightningModule):
         loss_weight: LossWeight | None = None,
         ema_decay: float = 0.999,
         conditioning: ClassConditioning | None = None,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "vae", "optimizer",
@@ -89,6 +92,7 @@ class LatentDiffusionModule(L.LightningModule):
         self.normalizer = LatentNormalizer()  # set from the latent cache in setup(); saved in checkpoints
         self.loss_weight = loss_weight or UniformWeight()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.compiled = Compiled(compile)
 
     def setup(self, stage: str) -> None:
         normalizer = getattr(self.trainer.datamodule, "normalizer", None)
@@ -109,7 +113,7 @@ class LatentDiffusionModule(L.LightningModule):
         if labels is not None:
             labels = self.conditioning.drop_labels(labels)  # learn the unconditional model too
         t = torch.randint(0, self.schedule.num_timesteps, (len(z0),), device=z0.device)
-        loss = self.diffusion_loss(self.unet, z0, t, torch.randn_like(z0), labels).mean()
+        loss = self.diffusion_loss(self.compiled(self.unet), z0, t, torch.randn_like(z0), labels).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(z0))
         return loss
 
@@ -148,7 +152,10 @@ class LatentDiffusionModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         return configure(self, self.unet.parameters())
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end, which runs after the callbacks': a checkpoint
+        # saved at the end of step n must already hold the EMA of step n (exact resume).
         self.ema.update(self.unet, self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

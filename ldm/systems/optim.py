@@ -7,8 +7,9 @@ which is only known once the Trainer has seen the data.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -35,12 +36,22 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
+def _fused_if_cuda(factory: Callable[..., Optimizer], params: list[torch.nn.Parameter]) -> dict[str, bool]:
+    """`fused=True` for Adam/AdamW over CUDA parameters unless the config chose: one kernel per step."""
+    if isinstance(factory, functools.partial) and factory.func in (torch.optim.Adam, torch.optim.AdamW):
+        if "fused" not in factory.keywords and params and all(p.is_cuda for p in params):
+            return {"fused": True}
+    return {}
+
+
 def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter]) -> Optimizer | dict:
-    """What a system's `configure_optimizers` returns: its partial optimizer finished over `params`,
-    and its partial LR schedule (if any) stepped per optimizer step over the run's total steps."""
+    """What a system's `configure_optimizers` returns: its partial optimizer finished over `params`
+    (Adam/AdamW fused on CUDA), and its partial LR schedule (if any) stepped per optimizer step
+    over the run's total steps."""
     if module.optimizer_factory is None:
         raise RuntimeError("This module was built without an optimizer (for sampling only); it cannot train")
-    built = module.optimizer_factory(params=params)
+    params = list(params)
+    built = module.optimizer_factory(params=params, **_fused_if_cuda(module.optimizer_factory, params))
     if module.scheduler_factory is None:
         return built
     # Without a Trainer (notebooks, tests) the total is unknown; the schedule then stays at its start.

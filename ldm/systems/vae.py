@@ -20,6 +20,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ldm.models.autoencoder import AutoencoderKL
+from ldm.systems.compile import Compiled
 from ldm.systems.optim import configure
 
 
@@ -63,6 +64,7 @@ class VAEModule(L.LightningModule):
         recon_loss: Literal["bce", "mse", "l1"] = "bce",
         beta: float = 1e-3,
         beta_warmup_steps: int = 0,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if recon_loss not in RECON_LOSSES:
@@ -73,6 +75,7 @@ class VAEModule(L.LightningModule):
         self.vae = vae
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.recon_fn = RECON_LOSSES[recon_loss]
+        self.compiled = Compiled(compile)  # training calls torch.compile(vae) if asked
         self.psnr = torch.nn.ModuleDict({s: PeakSignalNoiseRatio(data_range=1.0) for s in ("val", "test")})
         self.ssim = torch.nn.ModuleDict({s: StructuralSimilarityIndexMeasure(data_range=1.0) for s in ("val", "test")})
 
@@ -93,7 +96,7 @@ class VAEModule(L.LightningModule):
         x = batch["image"]
         train = stage == "train"
         # Training samples z (the ELBO's Monte-Carlo estimate); evaluation decodes the mean.
-        logits, posterior = self.vae(x, sample_posterior=train)
+        logits, posterior = (self.compiled(self.vae) if train else self.vae)(x, sample_posterior=train)
         recon = self.recon_fn(logits.float(), x.float()).mean()
         kl = posterior.kl().float().mean()
         beta = self.current_beta() if train else self.hparams.beta

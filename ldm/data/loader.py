@@ -1,0 +1,113 @@
+"""`TensorLoader`: batches of an in-memory dataset, built on its device, sharded and resumable.
+
+Replaces torch's DataLoader for data that already sits in (GPU) memory:
+
+* **On-device batching.** One `randperm` per epoch on the data's device, then a slice and one
+  fancy-index per batch: no worker processes, no per-item Python, no host-to-device copies.
+* **Deterministic.** The order of epoch e is a function of (seed, e) alone, and a random batch
+  transform (e.g. drawing z = mean + std * eps) gets a generator seeded from (seed, e, i, rank).
+  Lightning calls `sampler.set_epoch(e)` at each epoch start, as it does for DistributedSampler.
+* **Sharded.** With `world_size` > 1 each rank takes every world_size-th index of the (padded)
+  epoch order, exactly as `DistributedSampler` does, so DDP ranks see disjoint data.
+* **Resumable.** `state_dict()` records (epoch, batches consumed); Lightning stores it in the
+  checkpoint (the `_Stateful` protocol) and a resumed run continues mid-epoch at the next batch.
+  Lightning's training fetcher reads one batch ahead, so a batch handed out but not yet trained
+  on is not counted as consumed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+
+from ldm.data.tensors import Batch, TensorBatchDataset
+from ldm.seeding import mix_seed
+
+
+class EpochOrder:
+    """The indices one rank reads in one epoch: shuffled by (seed, epoch), padded, strided."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.size, self.shuffle, self.seed, self.rank, self.world_size = size, shuffle, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def indices(self, device: torch.device) -> torch.Tensor:
+        if self.shuffle:
+            generator = torch.Generator(device=device).manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator, device=device)
+        else:
+            order = torch.arange(self.size, device=device)
+        padded = len(self) * self.world_size  # wrap around so every rank gets the same count
+        if padded > self.size:
+            order = torch.cat([order, order[: padded - self.size]])
+        return order[self.rank :: self.world_size]
+
+
+class TensorLoader:
+    """Iterate `dataset` in batches; see the module docstring."""
+
+    batch_sampler = None  # Lightning inspects `sampler` / `batch_sampler` as on a DataLoader
+
+    def __init__(
+        self,
+        dataset: TensorBatchDataset,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
+        self.sampler = EpochOrder(len(dataset), shuffle, seed, rank, world_size)
+        self._yielded, self._exhausted, self._resume_at = 0, False, None
+
+    def __len__(self) -> int:
+        rows = len(self.sampler)
+        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._batches()
+
+    def _batches(self) -> Iterator[Batch]:
+        # A generator: nothing runs until the first next(), after Lightning's set_epoch.
+        epoch, start = self.sampler.epoch, 0
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            start = self._resume_at[1]
+        self._resume_at, self._yielded, self._exhausted = None, start, False
+        order = self.sampler.indices(self.dataset.device)
+        generator = torch.Generator(device=self.dataset.device)
+        for i in range(start, len(self)):
+            generator.manual_seed(mix_seed(self.sampler.seed, epoch, i, self.sampler.rank))
+            batch = self.dataset.batch(order[i * self.batch_size : (i + 1) * self.batch_size], generator)
+            self._yielded = i + 1
+            yield batch
+        self._exhausted = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """(epoch, batches consumed): the batch Lightning has prefetched is not consumed yet."""
+        consumed = self._yielded if self._exhausted else max(self._yielded - 1, 0)
+        return {"epoch": self.sampler.epoch, "consumed": consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue epoch `state["epoch"]` after its first `state["consumed"]` batches."""
+        self._resume_at = (int(state["epoch"]), int(state["consumed"]))
+
+
+def loader_for(datamodule: Any, dataset: TensorBatchDataset, batch_size: int, shuffle: bool, seed: int) -> TensorLoader:
+    """A TensorLoader sharded over the datamodule's trainer (one shard without a trainer)."""
+    trainer = getattr(datamodule, "trainer", None)
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    return TensorLoader(dataset, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world)

@@ -1,0 +1,41 @@
+"""`torch.compile` for the training networks, kept out of the module tree.
+
+`torch.compile(net)` returns a wrapper whose state-dict keys gain an `_orig_mod.` prefix. The
+systems therefore register only the plain network and call the compiled wrapper, held in a
+`Compiled` cache (not an `nn.Module`), in `training_step`: checkpoints from compiled and eager
+runs have identical keys and load into either. Evaluation and sampling stay eager by default.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class Compiled:
+    """`compiled(net)` is `net` itself when disabled, else a cached `torch.compile(net, mode=...)`.
+
+    Args:
+        mode: False (eager), True (torch.compile's default mode) or one of `MODES`;
+            "reduce-overhead" also captures CUDA graphs, which pays off for small networks.
+    """
+
+    def __init__(self, mode: bool | str = False) -> None:
+        if not (isinstance(mode, bool) or mode in MODES):
+            raise ValueError(f"model.compile={mode!r} is not valid: use false, true or one of {list(MODES)}")
+        self.mode = mode
+        self._cache: dict[int, Callable] = {}
+
+    def __call__(self, net: nn.Module) -> Callable:
+        if self.mode is False:
+            return net
+        if id(net) not in self._cache:
+            self._cache[id(net)] = torch.compile(net, mode=None if self.mode is True else self.mode)
+        return self._cache[id(net)]
+
+    def __getstate__(self) -> dict:  # pickled with the module (ddp_spawn): recompile in the child
+        return {"mode": self.mode, "_cache": {}}
