@@ -3,6 +3,7 @@
     python train.py model=vae                       # first stage
     python train.py model=vae trainer=gpu logger=wandb
     python train.py -m model=vae model.beta=1e-3,1e-2   # a multirun sweep
+    python train.py model=ldm ckpt_path=last        # resume the newest run of this stage in place
 
 `train(cfg)` is importable (tests call it) and returns the final metrics.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -21,13 +23,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ldm.checkpoints import CheckpointError, find_latest, record_latest
 from ldm.data.idx import IDXError
 from ldm.data.latents import CacheError
 from ldm.data.mnist import DatasetNotFoundError
+from ldm.guard import NonFiniteError
 from ldm.loggers import finish_wandb
+from ldm.resume import resolve_resume
 
 log = logging.getLogger("train")
 # The LDM's frozen VAE and EMA copy are in eval mode on purpose; Lightning warns about any such module.
@@ -77,11 +81,27 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
+def _resume_in_place(cfg: DictConfig) -> None:
+    """`ckpt_path=last|PATH`: continue that run in its own folder and W&B run (ldm/resume.py)."""
+    resume = resolve_resume(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    if resume is None:
+        return
+    with open_dict(cfg):
+        cfg.ckpt_path = str(resume.ckpt_path)
+        if resume.run_dir is not None:
+            cfg.paths.output_dir = str(resume.run_dir)
+        if resume.wandb_run_id and cfg.get("logger") and cfg.logger.get("wandb"):
+            cfg.logger.wandb.run_id = resume.wandb_run_id
+    log.info("Resuming %s in %s (W&B run %s)", resume.ckpt_path, cfg.paths.output_dir, resume.wandb_run_id or "-")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; record its best checkpoint for the next stage."""
+    _resume_in_place(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)  # the run's resolved config
+    name = f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml" if (output_dir / "config.yaml").exists() else "config.yaml"
+    OmegaConf.save(cfg, output_dir / name, resolve=True)  # the run's resolved config
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -96,11 +116,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         if cfg.train:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         ckpt = _best_checkpoint(trainer)
         if cfg.test:
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         if ckpt and trainer.is_global_zero:
             record_latest(cfg.paths.registry_dir, cfg.task_name, ckpt, run_dir=str(output_dir), metrics=metrics)
@@ -117,10 +137,13 @@ def user_error(error: BaseException) -> BaseException | None:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
     for cause in chain:
-        if isinstance(cause, (CheckpointError, DatasetNotFoundError, IDXError, CacheError)):
+        if isinstance(cause, (CheckpointError, DatasetNotFoundError, IDXError, CacheError, NonFiniteError)):
             return cause
     if isinstance(error, InstantiationException) and isinstance(error.__cause__, ValueError):
-        return error.__cause__  # a constructor rejected a config value; its message names the key
+        # A constructor rejected a config value; its message names the value and the valid range,
+        # Hydra's names the config node it was building.
+        key = re.search(r"full_key: (\S+)", str(error))
+        return ValueError(f"{key.group(1)}: {error.__cause__}" if key else str(error.__cause__))
     return None
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ldm.checkpoints import load_vae
 from ldm.data.mnist import MNISTDataModule
-from ldm.data.loader import TensorLoader, loader_for
+from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for
 from ldm.data.tensors import Batch, TensorBatchDataset
 from ldm.io import atomic_write, update_hash
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
@@ -113,7 +113,7 @@ class SampleLatent:
         return {"latent": self.normalizer.normalize(z), "label": batch["label"]}
 
 
-class LatentDataModule(L.LightningDataModule):
+class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
     """Cached VAE latents of an image DataModule's train/val/test splits.
 
     Args:
@@ -213,7 +213,7 @@ class LatentDataModule(L.LightningDataModule):
         return tuple(self.splits["train"].tensors["mean"].shape[1:])
 
     def train_dataloader(self) -> TensorLoader:
-        return loader_for(self, self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+        return self.track_train_loader(loader_for(self, self.splits["train"], self.batch_size, shuffle=True, seed=self.seed))
 
     def val_dataloader(self) -> TensorLoader:
         return loader_for(self, self.splits["val"], self.batch_size, shuffle=False, seed=self.seed)

@@ -9,10 +9,12 @@ Replaces torch's DataLoader for data that already sits in (GPU) memory:
   Lightning calls `sampler.set_epoch(e)` at each epoch start, as it does for DistributedSampler.
 * **Sharded.** With `world_size` > 1 each rank takes every world_size-th index of the (padded)
   epoch order, exactly as `DistributedSampler` does, so DDP ranks see disjoint data.
-* **Resumable.** `state_dict()` records (epoch, batches consumed); Lightning stores it in the
-  checkpoint (the `_Stateful` protocol) and a resumed run continues mid-epoch at the next batch.
-  Lightning's training fetcher reads one batch ahead, so a batch handed out but not yet trained
-  on is not counted as consumed.
+* **Resumable.** `state_dict()` records (epoch, batches handed out) and a resumed run continues
+  mid-epoch at the next batch. The datamodule carries that state through the checkpoint
+  (`ResumableTrainLoader`): Lightning's own route for stateful loaders is skipped when the loader
+  was created early, as `trainer.estimated_stepping_batches` does for the LR schedule. Lightning
+  reads ahead only from loaders without a length, so every batch handed out has been trained on
+  when a checkpoint is saved. tests/test_resume.py checks all of it.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class TensorLoader:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
         self.sampler = EpochOrder(len(dataset), shuffle, seed, rank, world_size)
-        self._yielded, self._exhausted, self._resume_at = 0, False, None
+        self._yielded, self._resume_at = 0, None
 
     def __len__(self) -> int:
         rows = len(self.sampler)
@@ -86,7 +88,7 @@ class TensorLoader:
         epoch, start = self.sampler.epoch, 0
         if self._resume_at is not None and self._resume_at[0] == epoch:
             start = self._resume_at[1]
-        self._resume_at, self._yielded, self._exhausted = None, start, False
+        self._resume_at, self._yielded = None, start
         order = self.sampler.indices(self.dataset.device)
         generator = torch.Generator(device=self.dataset.device)
         for i in range(start, len(self)):
@@ -94,12 +96,10 @@ class TensorLoader:
             batch = self.dataset.batch(order[i * self.batch_size : (i + 1) * self.batch_size], generator)
             self._yielded = i + 1
             yield batch
-        self._exhausted = True
 
     def state_dict(self) -> dict[str, Any]:
-        """(epoch, batches consumed): the batch Lightning has prefetched is not consumed yet."""
-        consumed = self._yielded if self._exhausted else max(self._yielded - 1, 0)
-        return {"epoch": self.sampler.epoch, "consumed": consumed}
+        """(epoch, batches of it handed out so far)."""
+        return {"epoch": self.sampler.epoch, "consumed": self._yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue epoch `state["epoch"]` after its first `state["consumed"]` batches."""
@@ -111,3 +111,31 @@ def loader_for(datamodule: Any, dataset: TensorBatchDataset, batch_size: int, sh
     trainer = getattr(datamodule, "trainer", None)
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     return TensorLoader(dataset, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world)
+
+
+class ResumableTrainLoader:
+    """LightningDataModule mixin: the training TensorLoader's position rides in checkpoints.
+
+    Lightning saves `datamodule.state_dict()` in every checkpoint and calls `load_state_dict` on
+    resume before any dataloader is requested; the position is applied when the loader is made.
+    """
+
+    _train_loader: TensorLoader | None = None
+    _pending_position: dict[str, Any] | None = None
+
+    def track_train_loader(self, loader: TensorLoader) -> TensorLoader:
+        self._train_loader = loader
+        if self._pending_position is not None:
+            loader.load_state_dict(self._pending_position)
+            self._pending_position = None
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_loader" in state:
+            if self._train_loader is not None:
+                self._train_loader.load_state_dict(state["train_loader"])
+            else:
+                self._pending_position = state["train_loader"]

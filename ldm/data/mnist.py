@@ -17,7 +17,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from ldm.data.idx import find_idx_file, read_idx
-from ldm.data.loader import TensorLoader, loader_for
+from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for
 from ldm.data.tensors import Batch, TensorBatchDataset
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ToFloat:
         return {"image": image, "label": batch["label"]}
 
 
-class MNISTDataModule(L.LightningDataModule):
+class MNISTDataModule(ResumableTrainLoader, L.LightningDataModule):
     """Train / val / test splits of an MNIST-style dataset, served as `{"image", "label"}` batches.
 
     Args:
@@ -171,7 +171,7 @@ class MNISTDataModule(L.LightningDataModule):
         return loader_for(self, dataset, self.batch_size, shuffle=shuffle, seed=self.seed)
 
     def train_dataloader(self) -> TensorLoader:
-        return self._loader("train", shuffle=True)
+        return self.track_train_loader(self._loader("train", shuffle=True))
 
     def val_dataloader(self) -> TensorLoader:
         return self._loader("val", shuffle=False)

@@ -1,0 +1,84 @@
+"""Surviving a kill: atomic checkpoints, and resuming a run where it stopped.
+
+* `AtomicCheckpointIO` writes every Lightning checkpoint to a temporary file in the target's
+  folder, fsyncs it and renames it over the target (`ldm.io.atomic_write`): a kill or a full disk
+  leaves the previous checkpoint, never a truncated one. (Lightning's default stages the file in
+  the system temp folder and *copies* it when that is another filesystem.)
+* `RememberWandbRun` stores the W&B run id in each checkpoint, so a resumed run continues the
+  same W&B run instead of starting a new one.
+* `resolve_resume` turns `ckpt_path=last` (the newest `last.ckpt` of this task) or a path into the
+  checkpoint, the run folder it belongs to (the resumed run keeps writing there) and the run id.
+
+What a checkpoint restores: weights, EMA weights, optimizer, LR schedule, global step and epoch
+(Lightning); the position inside the epoch (`ldm.data.loader.TensorLoader`); and every random
+draw after it, which `ldm.seeding.StepSeed` derives from (seed, rank, step) rather than from
+RNG state, so a run killed and resumed ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.loggers import WandbLogger
+
+from ldm.checkpoints import CheckpointError
+from ldm.io import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """TorchCheckpointIO whose saves are write-to-temp, fsync, rename in the same folder."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+class RememberWandbRun(L.Callback):
+    """Put the W&B run id into every checkpoint (key `wandb_run_id`)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                checkpoint["wandb_run_id"] = logger.version
+
+
+@dataclass
+class Resume:
+    ckpt_path: Path
+    run_dir: Path | None  # the run folder holding the checkpoint, if it is one of ours
+    wandb_run_id: str | None
+
+
+def newest_last_checkpoint(log_dir: str | Path, task_name: str) -> Path:
+    """The most recently written `last.ckpt` of any run (or multirun job) of `task_name`."""
+    candidates = sorted(Path(log_dir, task_name).glob("**/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(
+            f"ckpt_path=last: no checkpoints/last.ckpt under {Path(log_dir, task_name)} to resume; "
+            "start a new run (drop ckpt_path) or pass ckpt_path=PATH"
+        )
+    return candidates[-1]
+
+
+def resolve_resume(ckpt_path: str | None, log_dir: str | Path, task_name: str) -> Resume | None:
+    """What `ckpt_path` (None, "last" or a path) resumes; a clear error if there is nothing to resume."""
+    if ckpt_path is None:
+        return None
+    path = newest_last_checkpoint(log_dir, task_name) if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={ckpt_path}: {path} does not exist; pass an existing checkpoint or ckpt_path=last")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a checkpoint, or unsafe: all mean "use another one"
+        raise CheckpointError(f"ckpt_path={ckpt_path}: {path} cannot be resumed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); pass another checkpoint") from e
+    if not isinstance(checkpoint, dict) or "loops" not in checkpoint:
+        raise CheckpointError(f"ckpt_path={ckpt_path}: {path} is not a training checkpoint (no loop state) and cannot be resumed")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() else None
+    return Resume(path.resolve(), run_dir.resolve() if run_dir else None, checkpoint.get("wandb_run_id"))
