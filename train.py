@@ -99,6 +99,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; record its best checkpoint for the next stage."""
     _resume_in_place(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    if not cfg.get("ckpt_path") and any((output_dir / "checkpoints").glob("*.ckpt")):
+        raise CheckpointError(
+            f"{output_dir} already holds another run's checkpoints, which this run would overwrite: resume "
+            f"it with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, or pick a new hydra.run.dir"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     name = f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml" if (output_dir / "config.yaml").exists() else "config.yaml"
     OmegaConf.save(cfg, output_dir / name, resolve=True)  # the run's resolved config

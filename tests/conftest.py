@@ -56,8 +56,8 @@ def _quiet_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
 
 
-def compose_cfg(tmp_path: Path, data_dir: Path, overrides: list[str] = ()):
-    """Compose conf/train.yaml as `python train.py <overrides>` would, with outputs in tmp_path."""
+def compose_cfg(tmp_path: Path, data_dir: Path, overrides: list[str] = (), run: str = "run"):
+    """Compose conf/train.yaml as `python train.py <overrides>` would, with outputs in tmp_path/run."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -72,7 +72,7 @@ def compose_cfg(tmp_path: Path, data_dir: Path, overrides: list[str] = ()):
     with open_dict(cfg):
         cfg.paths.root_dir = str(tmp_path)
         cfg.paths.data_dir = str(data_dir)
-        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.output_dir = str(tmp_path / run)
         del cfg.hydra  # train() never reads it; resolvers still see HydraConfig
     return cfg
 

@@ -55,7 +55,7 @@ def test_gpu_bf16_vae_then_ldm(tmp_path: Path, mnist_dir: Path) -> None:
     from train import train
 
     gpu = ["trainer=gpu"]  # bf16-mixed
-    vae = train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *[o for o in TINY if o != "trainer=cpu"], *gpu]))
+    vae = train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *[o for o in TINY if o != "trainer=cpu"], *gpu], run="vae_run"))
     assert torch.isfinite(torch.tensor(vae["val/loss"]))
     ldm = train(compose_cfg(tmp_path, mnist_dir, ["model=ldm", *[o for o in LDM_TINY if o != "trainer=cpu"], *gpu]))
     assert torch.isfinite(torch.tensor(ldm["val/loss"]))

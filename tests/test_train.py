@@ -73,7 +73,7 @@ LDM_TINY = [
 
 
 def test_train_vae_then_ldm_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
-    train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY]))
+    train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY], run="vae_run"))
     # model=ldm finds the VAE just trained through the registry, with no vae_ckpt argument.
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", *LDM_TINY, "trainer.max_epochs=2"])
     assert cfg.vae_ckpt == str(find_latest(tmp_path / "logs" / "latest", "vae"))
@@ -82,6 +82,7 @@ def test_train_vae_then_ldm_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert find_latest(tmp_path / "logs" / "latest", "ldm").parent == run / "checkpoints"
+    assert load_vae(find_latest(tmp_path / "logs" / "latest", "vae")).latent_shape == (4, 7, 7)  # untouched
     for figure in ("samples", "forward_corruption", "denoising_trajectory"):
         assert (run / "images" / f"{figure}_epoch001.png").is_file()
     assert len(list((tmp_path / ".cache" / "ldm").glob("latents-*.pt"))) == 1

@@ -182,7 +182,11 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
             "latent_shape": list(vae.latent_shape),
             "scale": float(normalizer.scale), "shift": float(normalizer.shift),
         }
-        atomic_write(path, lambda tmp: torch.save(cache, tmp))
+        try:
+            atomic_write(path, lambda tmp: torch.save(cache, tmp))
+        except OSError as e:  # e.g. a full disk: the temp file is gone, an older cache untouched
+            raise CacheError(f"Could not write the latent cache {path} ({e}); nothing was written. "
+                             "Free some disk space or set paths.cache_dir to another disk") from e
         self.encoded = True
         return cache
 

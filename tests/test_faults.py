@@ -1,0 +1,197 @@
+"""Fault injection (issue 7): NaNs, kills while writing, a full disk, bad config values, bad resume
+targets, W&B unreachable. Each fault must end in a clear message and lose nothing already written.
+(Resume after kill -9 is in test_resume.py; unsafe pickles, truncated checkpoints, corrupt and
+foreign caches, concurrent cache builds and missing data in the stage tests.)"""
+
+from __future__ import annotations
+
+import errno
+import functools
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra.errors import InstantiationException
+
+from conftest import compose_cfg, save_vae_checkpoint
+from ldm.checkpoints import CheckpointError
+from ldm.data import latents as latents_module
+from ldm.data.latents import CacheError, LatentDataModule
+from ldm.data.mnist import MNISTDataModule
+from ldm.guard import NonFiniteError, NonFiniteGuard
+from ldm.loggers import wandb_mode
+from ldm.resume import AtomicCheckpointIO, resolve_resume
+from train import train, user_error
+
+VAE_TINY = ["model=vae", "trainer=cpu", "trainer.max_epochs=2", "data.val_size=64", "data.batch_size=32",
+            "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false"]
+
+
+def _all_finite(path: Path) -> bool:
+    state = torch.load(path, weights_only=True)["state_dict"]
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_nan_loss_stops_before_the_step_and_names_the_last_good_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:
+    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "callbacks.step_checkpoint.every_n_train_steps=4",
+                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[10]",
+                                            "+callbacks.nan.key=image"])
+    with pytest.raises(NonFiniteError, match=r"at step 10 .*Last good checkpoint: .*last\.ckpt") as raised:
+        train(cfg)
+    assert user_error(raised.value) is raised.value  # train.py prints it as one line, exit code 1
+    checkpoints = list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert checkpoints and all(_all_finite(p) for p in checkpoints)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_nan_loss_with_skip_drops_that_step_and_trains_on(tmp_path: Path, mnist_dir: Path) -> None:
+    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "callbacks.nonfinite.action=skip",
+                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[3]",
+                                            "+callbacks.nan.key=image", "+callbacks.params._target_=faults.ParamsAt"])
+    metrics = train(cfg)
+    assert metrics["train/nonfinite_skips"] == 1.0
+    assert _all_finite(tmp_path / "run" / "checkpoints" / "last.ckpt")
+
+
+def test_skip_leaves_weights_and_optimizer_state_untouched() -> None:
+    """The guard drops the gradients of a non-finite step: AdamW then changes nothing at all."""
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, weight_decay=0.1)
+    net(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    before = [p.detach().clone() for p in net.parameters()], {k: dict(v) for k, v in optimizer.state.items()}
+    optimizer.zero_grad()
+    net(torch.full((4, 3), float("nan"))).sum().backward()
+
+    class Stub:  # just what the hook reads
+        global_step, current_epoch, checkpoint_callback = 7, 0, None
+        precision_plugin = object()
+
+    guard = NonFiniteGuard(action="skip")
+    guard.on_before_optimizer_step(Stub(), type("M", (), {"log": lambda *a, **k: None})(), optimizer)
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before[0], net.parameters()))
+    assert all(torch.equal(before[1][p]["exp_avg"], optimizer.state[p]["exp_avg"]) for p in net.parameters())
+    net(torch.full((4, 3), float("nan"))).sum().backward()
+    with pytest.raises(NonFiniteError, match="at step 7"):
+        NonFiniteGuard(action="stop").on_before_optimizer_step(Stub(), None, optimizer)
+    with pytest.raises(ValueError, match="callbacks.nonfinite.action='retry'"):
+        NonFiniteGuard(action="retry")
+
+
+def test_a_checkpoint_with_nan_weights_is_never_written() -> None:
+    module = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight[0, 0] = float("nan")
+
+    class Stub:
+        global_step, checkpoint_callback = 5, None
+
+    with pytest.raises(NonFiniteError, match="Refusing to save a checkpoint at step 5"):
+        NonFiniteGuard().on_save_checkpoint(Stub(), module, {})
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # stands in for SIGKILL/SIGTERM arriving mid-write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_full_disk_while_writing_the_cache_keeps_the_old_cache(tmp_path: Path, mnist_dir: Path, monkeypatch) -> None:
+    def build(vae: Path) -> LatentDataModule:
+        dm = LatentDataModule(MNISTDataModule(data_dir=mnist_dir, val_size=64), vae, tmp_path / "cache")
+        dm.prepare_data()
+        return dm
+
+    build(save_vae_checkpoint(tmp_path / "a.ckpt", seed=0))
+    (old,) = (tmp_path / "cache").glob("latents-*.pt")
+    old_bytes = old.read_bytes()
+    other_vae = save_vae_checkpoint(tmp_path / "b.ckpt", seed=1)  # a new cache is needed for it
+
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(latents_module.torch, "save", disk_full)
+    with pytest.raises(CacheError, match="No space left on device.*nothing was written.*paths.cache_dir") as raised:
+        build(other_vae)
+    assert user_error(raised.value) is raised.value
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == [old.name]
+    assert old.read_bytes() == old_bytes
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["schedule.coefficients.beta_end=1.5"], "model.schedule.coefficients: need 0 < beta_start <= beta_end < 1"),
+        (["schedule.coefficients.num_timesteps=0"], "num_timesteps must be a positive int, got 0"),
+        (["sampler.num_steps=2000"], "model: num_steps=2000 exceeds the schedule's num_timesteps=1000"),
+        (["conditioning=class", "conditioning.guidance=-1"], "model.conditioning: guidance=-1 must be >= 0"),
+        (["conditioning=class", "conditioning.p_uncond=1.5"], "conditioning.p_uncond=1.5 must be in [0, 1]"),
+        (["model.unet.in_channels=3"], "set model.unet.in_channels=4"),
+        (["model.compile=fast"], "model.compile='fast' is not valid"),
+    ],
+)
+def test_invalid_config_values_stop_before_any_work_with_one_line(
+    overrides: list[str], expected: str, tmp_path: Path, mnist_dir: Path
+) -> None:
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", f"vae_ckpt={vae}", *overrides])
+    with pytest.raises(InstantiationException) as raised:
+        hydra.utils.instantiate(cfg.model)  # train() builds the model before touching data
+    message = str(user_error(raised.value))
+    assert expected in message and "\n" not in message, message
+
+
+def test_resume_targets_that_cannot_work_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
+        resolve_resume("last", tmp_path / "logs", "ldm")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_resume(str(tmp_path / "nope.ckpt"), tmp_path / "logs", "ldm")
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"loops": {}, "state_dict": {"w": torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        resolve_resume(str(truncated), tmp_path / "logs", "ldm")
+    weights_only = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": {}}, weights_only)
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        resolve_resume(str(weights_only), tmp_path / "logs", "ldm")
+
+
+def test_wandb_unreachable_goes_offline_without_waiting(monkeypatch) -> None:
+    import time
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    start = time.perf_counter()
+    assert wandb_mode() == "offline"
+    assert time.perf_counter() - start < 5
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path: Path, mnist_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    first = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "logger=wandb", "trainer.max_epochs=1"])
+    train(first)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run_id = torch.load(last, weights_only=True)["wandb_run_id"]
+    resumed = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "logger=wandb", f"ckpt_path={last}"])
+    train(resumed)
+    after = torch.load(last, weights_only=True)
+    assert after["wandb_run_id"] == run_id and after["global_step"] == 16  # 2 epochs of 8 steps
+    runs = sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(run_id) for name in runs), runs
