@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -95,18 +97,60 @@ def _resume_in_place(cfg: DictConfig) -> None:
     log.info("Resuming %s in %s (W&B run %s)", resume.ckpt_path, cfg.paths.output_dir, resume.wandb_run_id or "-")
 
 
+def _relaunch_ranks_from(config_file: Path) -> None:
+    """Multirun + DDP: start the extra ranks of this job from its resolved config, as a single run.
+
+    Lightning starts DDP ranks 1..N-1 by re-running `sys.argv` (plus `hydra.run.dir`); inside a
+    multirun that is `-m ...` again, so every rank would start the whole sweep of its own: the
+    known Hydra + DDP pitfall. Here each rank runs exactly this job's config in this job's folder.
+    """
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    def command(local_rank: int) -> tuple[list[str], str]:
+        return [
+            sys.executable, str(Path(__file__).resolve()), "-cp", str(config_file.parent), "-cn", config_file.name,
+            f"hydra.run.dir={config_file.parent}", f"hydra.job.name=train_ddp_process_{local_rank}",
+            "hydra.output_subdir=null",
+        ], hydra.utils.get_original_cwd()
+
+    subprocess_script._hydra_subprocess_cmd = command  # what Lightning's launcher calls for each rank
+
+
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def _end_ddp_job(env_before: dict[str, str | None]) -> None:
+    """After one multirun job: Lightning leaves its DDP launch variables in os.environ and the
+    process group open; the next job would take LOCAL_RANK as "launched externally" and wait
+    for ranks that never start. Restore both."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in env_before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; record its best checkpoint for the next stage."""
+    env_before = {key: os.environ.get(key) for key in DDP_ENV}
     _resume_in_place(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    if not cfg.get("ckpt_path") and any((output_dir / "checkpoints").glob("*.ckpt")):
-        raise CheckpointError(
-            f"{output_dir} already holds another run's checkpoints, which this run would overwrite: resume "
-            f"it with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, or pick a new hydra.run.dir"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    name = f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml" if (output_dir / "config.yaml").exists() else "config.yaml"
-    OmegaConf.save(cfg, output_dir / name, resolve=True)  # the run's resolved config
+    if rank_zero_only.rank == 0:  # DDP ranks > 0 re-enter here in processes of their own
+        if not cfg.get("ckpt_path") and any((output_dir / "checkpoints").glob("*.ckpt")):
+            raise CheckpointError(
+                f"{output_dir} already holds another run's checkpoints, which this run would overwrite: resume "
+                f"it with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, or pick a new hydra.run.dir"
+            )
+        output_dir.mkdir(parents=True, exist_ok=True)
+        resumed = (output_dir / "config.yaml").exists()
+        config_file = output_dir / (f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml" if resumed else "config.yaml")
+        OmegaConf.save(cfg, config_file, resolve=True)  # the run's resolved config
+        if _multirun():
+            _relaunch_ranks_from(config_file)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -132,6 +176,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("Best %s checkpoint: %s (recorded in %s)", cfg.task_name, ckpt, cfg.paths.registry_dir)
     finally:
         finish_wandb(loggers)
+        if _multirun():
+            _end_ddp_job(env_before)
     return metrics
 
 

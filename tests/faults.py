@@ -34,18 +34,13 @@ class NaNBatchAt(L.Callback):
             batch[self.key].view(-1)[0] = torch.nan
 
 
-class ParamsAt(L.Callback):
-    """Record a copy of the trainable weights at the start of each optimizer step (in memory)."""
+class RanksAgree(L.Callback):
+    """At the end of fit, fail unless every DDP rank holds the same weights (and EMA weights)."""
 
-    def __init__(self) -> None:
-        self.history: list[dict[str, torch.Tensor]] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.history.append({k: v.detach().clone() for k, v in pl_module.named_parameters() if v.requires_grad})
-
-
-class PrintBatches(L.Callback):  # debugging aid
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        import sys
-        print(f"STEP {trainer.global_step} idx {batch_idx} sum {float(batch['latent'].sum()):.6f} "
-              f"p {float(sum(p.sum() for p in pl_module.unet.parameters())):.6f} lr {trainer.optimizers[0].param_groups[0]['lr']:.6g}", file=sys.stderr)
+    def on_train_end(self, trainer, pl_module) -> None:
+        checksum = torch.stack([p.detach().double().sum() for p in pl_module.parameters()]).cpu()
+        gathered = trainer.strategy.all_gather(checksum)  # (world_size, num_params)
+        assert gathered.shape[0] == trainer.world_size == 2, gathered.shape
+        assert torch.equal(gathered[0], gathered[1]), "DDP ranks diverged"
+        if trainer.global_rank == 0:
+            print(f"RANKS AGREE on {len(checksum)} tensors", flush=True)

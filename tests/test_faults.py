@@ -48,7 +48,7 @@ def test_nan_loss_stops_before_the_step_and_names_the_last_good_checkpoint(tmp_p
 def test_nan_loss_with_skip_drops_that_step_and_trains_on(tmp_path: Path, mnist_dir: Path) -> None:
     cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "callbacks.nonfinite.action=skip",
                                             "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[3]",
-                                            "+callbacks.nan.key=image", "+callbacks.params._target_=faults.ParamsAt"])
+                                            "+callbacks.nan.key=image"])
     metrics = train(cfg)
     assert metrics["train/nonfinite_skips"] == 1.0
     assert _all_finite(tmp_path / "run" / "checkpoints" / "last.ckpt")

@@ -141,24 +141,54 @@ def test_schedule_multirun_shares_one_cache_and_one_wandb_group(tmp_path: Path, 
         assert group in run_log.read_bytes()
 
 
-def test_ddp_two_cpu_processes_vae_then_ldm(tmp_path: Path, mnist_dir: Path) -> None:
-    """trainer=ddp with 2 gloo processes: both stages train; the latent cache is encoded once."""
+def _train_subprocess(tmp_path: Path, mnist_dir: Path, *args: str) -> str:
     import os
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir)}
-    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "callbacks.progress_bar=null",
-              f"paths.root_dir={tmp_path}"]
-    for stage in (["model=vae", *TINY], ["model=ldm", *LDM_TINY, "data.images.val_size=64"]):
-        overrides = [o for o in stage if not o.startswith("trainer=")]
-        result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, *common],
-                                env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert (result.stdout + result.stderr).count("Encoding MNIST") == 1
-    assert find_latest(tmp_path / "logs" / "latest", "ldm").is_file()
+    env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(ROOT / "tests")}
+    command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={tmp_path}", "callbacks.progress_bar=null"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "+callbacks.agree._target_=faults.RanksAgree"]
+
+
+def test_ddp_two_cpu_processes_every_stage(tmp_path: Path, mnist_dir: Path) -> None:
+    """trainer=ddp with 2 gloo processes for the VAE, the classifier and the LDM (with FID during
+    training): every stage finishes without a hang, the ranks end with identical weights and EMA,
+    the latent cache is encoded once, and each stage records its checkpoint."""
+    no_cpu = lambda overrides: [o for o in overrides if o != "trainer=cpu"]  # noqa: E731
+    stages = {
+        "vae": ["model=vae", *no_cpu(TINY)],
+        "classifier": ["model=classifier", *[o for o in no_cpu(TINY) if "model.vae" not in o], "model.classifier.width=8", "callbacks.images=null"],
+        "ldm": ["model=ldm", *no_cpu(LDM_TINY), "callbacks.sample_quality.every_n_epochs=1",
+                "callbacks.sample_quality.num_samples=16", "callbacks.sample_quality.batch_size=8"],
+    }
+    for stage, overrides in stages.items():
+        output = _train_subprocess(tmp_path, mnist_dir, *overrides, *DDP)
+        assert "RANKS AGREE" in output, (stage, output[-3000:])
+        assert find_latest(tmp_path / "logs" / "latest", stage).is_file()
+    assert output.count("Encoding MNIST") == 1
+    metrics = sorted((tmp_path / "logs" / "ldm" / "runs").glob("*/csv/metrics.csv"))[-1].read_text()
+    assert "val/fid" in metrics and "val/kid" in metrics
+
+
+def test_multirun_of_ddp_jobs(tmp_path: Path, mnist_dir: Path) -> None:
+    """`-m` sweeps whose jobs each run 2 DDP processes: Lightning relaunches each rank from the
+    job's saved config (.hydra/config.yaml) as a single run, so ranks do not start sweeps of their own."""
+    output = _train_subprocess(tmp_path, mnist_dir, "-m", "model=vae", *[o for o in TINY if o != "trainer=cpu"],
+                      "model.beta=1e-3,1e-2", *DDP, "callbacks.images=null", "trainer.max_epochs=1")
+    jobs = sorted((tmp_path / "logs" / "vae" / "multiruns").glob("*/[0-9]"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert all((j / "checkpoints" / "last.ckpt").is_file() for j in jobs)
+    assert all((j / "train_ddp_process_1.log").is_file() for j in jobs)  # rank 1 ran inside each job
+    assert len(list((tmp_path / "logs" / "vae" / "multiruns").iterdir())) == 1  # and started no sweep
+    assert output.count("RANKS AGREE") == 2
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
