@@ -1,4 +1,5 @@
-"""Callbacks that use only public methods of a system: image grids, throughput, FID during training.
+"""Callbacks that use only public methods of a system: image grids, throughput, FID during training,
+and a progress bar that does not stall the GPU.
 
 `ImageLogger` asks the system for named image batches through `log_images(batch, num_images)`
 (each (N, C, H, W) in [0, 1], or an (images, images_per_row) pair for figures whose rows mean
@@ -12,9 +13,11 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchmetrics import Metric
@@ -84,6 +87,9 @@ class ThroughputLogger(L.Callback):
         _synchronize(pl_module.device)
         self._start, self._samples, self._paused = time.perf_counter(), 0, 0.0
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch gets no epoch start
+
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _synchronize(pl_module.device)
         self._pause_start = time.perf_counter()
@@ -102,6 +108,29 @@ class ThroughputLogger(L.Callback):
         rate = self._samples * trainer.world_size / max(seconds, 1e-9)
         pl_module.log_dict({"train/samples_per_sec": rate, "train/epoch_seconds": seconds}, on_epoch=True, on_step=False)
         log.info("epoch %d: %.0f samples/s, %.1f s", trainer.current_epoch, rate, seconds)
+
+
+class ProgressBar(RichProgressBar):
+    """Rich progress bar that reads the logged values off the device every n training steps only.
+
+    Lightning's bars convert every `prog_bar=True` metric to a Python number after every batch:
+    one device sync per step, so the CPU cannot queue the next step while the GPU works. This bar
+    still advances every batch but refreshes the numbers every `metrics_every_n_steps` steps (and
+    always outside training).
+    """
+
+    def __init__(self, metrics_every_n_steps: int = 25, **kwargs: Any) -> None:
+        if metrics_every_n_steps < 1:
+            raise ValueError(f"callbacks.progress_bar.metrics_every_n_steps={metrics_every_n_steps} must be >= 1")
+        super().__init__(**kwargs)
+        self.metrics_every_n_steps = metrics_every_n_steps
+        self._metrics: dict[str, Any] | None = None
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        if trainer.training and self._metrics is not None and trainer.global_step % self.metrics_every_n_steps:
+            return self._metrics
+        self._metrics = super().get_metrics(trainer, pl_module)
+        return self._metrics
 
 
 def _synchronize(device: torch.device) -> None:

@@ -1,15 +1,20 @@
 """`NonFiniteGuard`: never take an optimizer step, or write a checkpoint, with NaN/Inf in it.
 
-Before each optimizer step the guard checks that every gradient is finite (one device sync;
-under DDP the gradients are already all-reduced, so every rank decides the same). A NaN/Inf loss
-always shows up here, because its gradients are NaN too. Then, per `action`:
+Before each optimizer step the guard tests whether every gradient is finite (under DDP they are
+already all-reduced, so every rank decides the same). A NaN/Inf loss always shows up here,
+because its gradients are NaN too. A non-finite step is skipped: the weights and the optimizer
+state stay exactly as they were. Then, per `action`:
 
-* `stop`: raise `NonFiniteError` before the step, naming the step and the last good checkpoint,
-  so the weights in memory and on disk are the last finite ones;
-* `skip`: drop this step's gradients (the optimizer leaves the weights and its state untouched),
-  count it in `train/nonfinite_skips`, and stop only after `max_skips` skips in a row.
+* `stop`: raise `NonFiniteError`, naming the first bad step and the last good checkpoint;
+* `skip`: go on, count the step (`train/nonfinite_skips`, each epoch), and stop once more than `max_skips`
+  steps of the run were skipped (the run is diverging, not meeting the odd bad batch).
 
-A checkpoint whose weights are not all finite is never written (checked at every save).
+No device sync per step on a GPU: with a fused Adam/AdamW (the default on CUDA, see
+`ldm.systems.optim`) the skip happens on the device through the optimizer's `found_inf` input, the
+mechanism fp16 loss scaling uses, and the host reads the count every `check_every_n_steps` steps,
+at each epoch end and before each checkpoint. Other optimizers are checked on the host every step
+(dropping the gradients skips the step). A checkpoint whose weights are not all finite is never
+written either way.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -31,55 +37,81 @@ class NonFiniteGuard(L.Callback):
     """See the module docstring.
 
     Args:
-        action: "stop" or "skip" (see above).
-        max_skips: with "skip", stop after this many consecutive skipped steps.
-        every_n_steps: with "stop", check every n-th step only (fewer device syncs on a GPU;
-            an unchecked bad step is then caught up to n - 1 steps later, and still never saved).
+        action: "stop" or "skip".
+        max_skips: with "skip", stop once more than this many steps were skipped.
+        check_every_n_steps: how often the host reads the device-side count (fused optimizers).
     """
 
-    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10, every_n_steps: int = 1) -> None:
+    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10, check_every_n_steps: int = 50) -> None:
         if action not in ("stop", "skip"):
             raise ValueError(f"callbacks.nonfinite.action={action!r} is not one of ['skip', 'stop']")
-        if max_skips < 0 or every_n_steps < 1:
-            raise ValueError(f"callbacks.nonfinite.max_skips={max_skips} must be >= 0 and every_n_steps={every_n_steps} >= 1")
-        if action == "skip" and every_n_steps != 1:
-            raise ValueError(f"callbacks.nonfinite.every_n_steps={every_n_steps}: action=skip must check every step (1)")
-        self.action, self.max_skips, self.every_n_steps = action, max_skips, every_n_steps
-        self.skipped, self.in_a_row = 0, 0
+        if max_skips < 0 or check_every_n_steps < 1:
+            raise ValueError(f"callbacks.nonfinite.max_skips={max_skips} must be >= 0 "
+                             f"and check_every_n_steps={check_every_n_steps} >= 1")
+        self.action, self.max_skips, self.check_every_n_steps = action, max_skips, check_every_n_steps
+        self.skipped = 0  # steps skipped before the last check (host)
+        self._count: Tensor | None = None  # steps skipped since the last check (device)
+        self._first: Tensor | None = None  # the first of them, -1 if none (device)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
-            return  # fp16 loss scaling skips overflowing steps by design
-        if trainer.global_step % self.every_n_steps:
-            return
+            return  # fp16 loss scaling skips overflowing steps by itself
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
-            self.in_a_row = 0
+        if not grads:
             return
+        bad = ~torch.stack(torch._foreach_norm(grads)).isfinite().all()
         step = trainer.global_step
-        if self.action == "skip" and self.in_a_row < self.max_skips:
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = bad.float()  # the fused kernel leaves weights and state untouched
+            self._record(bad, step)
+            if step % self.check_every_n_steps == 0:
+                self._check(trainer)
+        elif bool(bad):  # one host read per step: free on a CPU
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None  # optimizers skip parameters without a gradient
-            self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
-            log.warning("Non-finite loss or gradient at step %d: step skipped (%d so far)", step, self.skipped)
-            pl_module.log("train/nonfinite_skips", float(self.skipped), on_step=True, on_epoch=False)
-            return
-        what = f"{self.in_a_row + 1} steps in a row" if self.action == "skip" else "it"
-        raise NonFiniteError(
-            f"Non-finite loss or gradient at step {step} (epoch {trainer.current_epoch}); training stopped before "
-            f"{what} reached the weights. Last good checkpoint: {_last_checkpoint(trainer)}. Lower model.optimizer.lr, "
-            "keep trainer.gradient_clip_val, try trainer.precision=32-true or callbacks.nonfinite.action=skip, "
-            "and resume with ckpt_path=<that checkpoint>"
-        )
+            self._record(bad, step)
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+        if self.action == "skip":
+            pl_module.log("train/nonfinite_skips", float(self.skipped), on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._check(trainer)  # a pending stop wins over the save
         params = [p.detach() for p in pl_module.parameters()]
         if params and not bool(torch.stack(torch._foreach_norm(params)).isfinite().all()):
             raise NonFiniteError(
                 f"Refusing to save a checkpoint at step {trainer.global_step}: the weights hold NaN/Inf. "
                 f"Last good checkpoint: {_last_checkpoint(trainer)}; resume from it with a lower model.optimizer.lr"
             )
+
+    def _record(self, bad: Tensor, step: int) -> None:
+        if self._count is None:
+            self._count = torch.zeros((), dtype=torch.long, device=bad.device)
+            self._first = torch.full((), -1, dtype=torch.long, device=bad.device)
+        self._first = torch.where(bad & (self._first < 0), step, self._first)
+        self._count += bad
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._count is None:
+            return
+        new, first = int(self._count), int(self._first)  # the host read
+        self._count, self._first = None, None
+        if new == 0:
+            return
+        self.skipped += new
+        log.warning("Non-finite loss or gradient at step %d: %d step(s) skipped (%d in this run)", first, new, self.skipped)
+        if self.action == "skip" and self.skipped <= self.max_skips:
+            return
+        why = f"{self.skipped} skipped steps exceed max_skips={self.max_skips}" if self.action == "skip" else "action=stop"
+        raise NonFiniteError(
+            f"Non-finite loss or gradient at step {first} (epoch {trainer.current_epoch}; {why}); that step was "
+            f"skipped, so the weights are finite. Last good checkpoint: {_last_checkpoint(trainer)}. Lower "
+            "model.optimizer.lr, keep trainer.gradient_clip_val, try trainer.precision=32-true or "
+            "callbacks.nonfinite.action=skip, and resume with ckpt_path=<that checkpoint>"
+        )
 
     def state_dict(self) -> dict[str, int]:
         return {"skipped": self.skipped}

@@ -45,37 +45,57 @@ def test_nan_loss_stops_before_the_step_and_names_the_last_good_checkpoint(tmp_p
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
-def test_nan_loss_with_skip_drops_that_step_and_trains_on(tmp_path: Path, mnist_dir: Path) -> None:
-    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "callbacks.nonfinite.action=skip",
-                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[3]",
+@pytest.mark.parametrize("fused", [False, True])
+def test_nan_loss_with_skip_drops_those_steps_and_trains_on(fused: bool, tmp_path: Path, mnist_dir: Path) -> None:
+    """Unfused: checked on the host each step. Fused (the CUDA default): skipped on the device,
+    counted by the host at the epoch end."""
+    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "callbacks.nonfinite.action=skip", f"+model.optimizer.fused={fused}",
+                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[3,5]",
                                             "+callbacks.nan.key=image"])
     metrics = train(cfg)
-    assert metrics["train/nonfinite_skips"] == 1.0
+    assert metrics["train/nonfinite_skips"] == 2.0
     assert _all_finite(tmp_path / "run" / "checkpoints" / "last.ckpt")
 
 
-def test_skip_leaves_weights_and_optimizer_state_untouched() -> None:
-    """The guard drops the gradients of a non-finite step: AdamW then changes nothing at all."""
+def test_fused_stop_is_caught_at_the_next_check_with_the_first_bad_step(tmp_path: Path, mnist_dir: Path) -> None:
+    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "+model.optimizer.fused=true",
+                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[10,11]",
+                                            "+callbacks.nan.key=image"])
+    with pytest.raises(NonFiniteError, match=r"at step 10 .*that step was skipped, so the weights are finite"):
+        train(cfg)
+    assert _all_finite(tmp_path / "run" / "checkpoints" / "last.ckpt")
+
+
+class _Trainer:  # just what the guard reads
+    global_step, current_epoch, checkpoint_callback = 7, 0, None
+    precision_plugin = object()
+
+
+class _Module:
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_skipped_step_leaves_weights_and_optimizer_state_untouched(fused: bool) -> None:
     net = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, weight_decay=0.1, fused=fused)
     net(torch.randn(4, 3)).sum().backward()
     optimizer.step()
-    before = [p.detach().clone() for p in net.parameters()], {k: dict(v) for k, v in optimizer.state.items()}
-    optimizer.zero_grad()
-    net(torch.full((4, 3), float("nan"))).sum().backward()
-
-    class Stub:  # just what the hook reads
-        global_step, current_epoch, checkpoint_callback = 7, 0, None
-        precision_plugin = object()
-
-    guard = NonFiniteGuard(action="skip")
-    guard.on_before_optimizer_step(Stub(), type("M", (), {"log": lambda *a, **k: None})(), optimizer)
-    optimizer.step()
-    assert all(torch.equal(a, b) for a, b in zip(before[0], net.parameters()))
-    assert all(torch.equal(before[1][p]["exp_avg"], optimizer.state[p]["exp_avg"]) for p in net.parameters())
-    net(torch.full((4, 3), float("nan"))).sum().backward()
-    with pytest.raises(NonFiniteError, match="at step 7"):
-        NonFiniteGuard(action="stop").on_before_optimizer_step(Stub(), None, optimizer)
+    weights = [p.detach().clone() for p in net.parameters()]
+    state = {p: {k: v.clone() for k, v in optimizer.state[p].items()} for p in net.parameters()}
+    for action in ("skip", "stop"):
+        optimizer.zero_grad()
+        net(torch.full((4, 3), float("nan"))).sum().backward()
+        guard = NonFiniteGuard(action=action, check_every_n_steps=1)
+        if action == "skip":
+            guard.on_before_optimizer_step(_Trainer(), _Module(), optimizer)
+        else:
+            with pytest.raises(NonFiniteError, match="at step 7"):
+                guard.on_before_optimizer_step(_Trainer(), _Module(), optimizer)
+        optimizer.step()
+        assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters()))
+        assert all(torch.equal(state[p][k], optimizer.state[p][k]) for p in net.parameters() for k in state[p])
     with pytest.raises(ValueError, match="callbacks.nonfinite.action='retry'"):
         NonFiniteGuard(action="retry")
 
@@ -85,11 +105,8 @@ def test_a_checkpoint_with_nan_weights_is_never_written() -> None:
     with torch.no_grad():
         module.weight[0, 0] = float("nan")
 
-    class Stub:
-        global_step, checkpoint_callback = 5, None
-
-    with pytest.raises(NonFiniteError, match="Refusing to save a checkpoint at step 5"):
-        NonFiniteGuard().on_save_checkpoint(Stub(), module, {})
+    with pytest.raises(NonFiniteError, match="Refusing to save a checkpoint at step 7"):
+        NonFiniteGuard().on_save_checkpoint(_Trainer(), module, {})
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
