@@ -52,7 +52,7 @@ def build_generator(ckpt: Path, cfg: DictConfig, device: torch.device):
         for key, value in (("num_steps", cfg.steps), ("eta", cfg.eta)):
             if value is not None:
                 sampler_cfg[key] = value
-        model = LatentDiffusionModule.from_checkpoint(ckpt, hydra.utils.instantiate(sampler_cfg)).to(device)
+        model = LatentDiffusionModule.from_checkpoint(ckpt, hydra.utils.instantiate(sampler_cfg), cfg.compile).to(device)
         name = repr(model.sampler) + (f", guidance {cfg.guidance}" if cfg.guidance is not None else "")
         return (lambda n, g, y: model.sample(n, generator=g, labels=y, guidance=cfg.guidance)), name, model
     raise CheckpointError(f"{ckpt} is a {kind} checkpoint; sample.py needs an ldm or vae checkpoint")
@@ -98,19 +98,21 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def run(cfg: DictConfig) -> Path:
-    if cfg.num_samples < 1 or cfg.batch_size < 1:
-        raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
-    ckpt = Path(cfg.ckpt) if cfg.ckpt else find_latest(cfg.registry_dir, "ldm")
     device = _device(cfg.device)
+    batch_size = cfg.batch_size if cfg.batch_size is not None else (10_000 if device.type == "cuda" else 1000)
+    if cfg.num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples={cfg.num_samples} and batch_size={batch_size} must be >= 1")
+    ckpt = Path(cfg.ckpt) if cfg.ckpt else find_latest(cfg.registry_dir, "ldm")
     generate, name, model = build_generator(ckpt, cfg, device)
     labels = resolve_labels(cfg, model)
     num_samples = len(labels) if labels is not None else cfg.num_samples  # one sample per prompt token
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     batches, start = [], time.perf_counter()
-    for i in track(range(0, num_samples, cfg.batch_size), description=f"sampling ({name})"):
-        n = min(cfg.batch_size, num_samples - i)
+    for i in track(range(0, num_samples, batch_size), description=f"sampling ({name})"):
+        n = min(batch_size, num_samples - i)
         y = labels[i : i + n].to(device) if labels is not None else None
-        batches.append(generate(n, generator, y).float().cpu())
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16):
+            batches.append(generate(n, generator, y).float().cpu())
     seconds = time.perf_counter() - start
     images = torch.cat(batches)
     out = Path(cfg.out)
@@ -129,7 +131,7 @@ def run(cfg: DictConfig) -> Path:
         arrays["labels"] = labels.numpy().astype(np.int64)
     atomic_write(out / "samples.npz", lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
     info = {"ckpt": str(ckpt), "generator": name, "num_samples": len(images), "seconds": seconds,
-            "device": str(device), "seed": cfg.seed, "batch_size": cfg.batch_size}
+            "device": str(device), "seed": cfg.seed, "batch_size": batch_size}
     atomic_write_json(out / "sampling.json", info)
     log.info("%d samples from %s (%s) in %.2f s (%.0f samples/s) -> %s",
              len(images), ckpt, name, seconds, len(images) / seconds, out / "samples.npz")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -152,6 +153,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if _multirun():
             _relaunch_ranks_from(config_file)
     L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls (Ampere+ GPUs)
 
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)

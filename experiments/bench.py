@@ -10,7 +10,8 @@ One run prints one table. Rows:
   `LatentDataModule`'s own loader from device memory. Latents/s and ms per optimizer step.
 * ``vae_train``: the same for `VAEModule` on random 1x28x28 images (`MNISTDataModule`'s loader).
 * ``sample_ddim50`` / ``sample_dpmpp20``: `LatentDiffusionModule.sample` (EMA UNet + VAE decode)
-  under bf16 autocast on CUDA; images/s and seconds per 10k samples.
+  under bf16 autocast on CUDA (as sample.py), all samples in one batch; images/s and seconds
+  per 10k samples. ``--compile`` compiles the sampling network too.
 * ``diffusers_train``: a plain eager loop over diffusers' `UNet2DModel` + `DDPMScheduler` at the
   same parameter count, batch, precision and latents (padded 7x7 -> 8x8: its up/down blocks need
   even sizes). The ratio ldm_train / diffusers_train is printed under the table.
@@ -53,9 +54,11 @@ from ldm.data.mnist import MNISTDataModule, ToFloat  # noqa: E402
 from ldm.data.tensors import TensorBatchDataset  # noqa: E402
 from ldm.diffusion.parameterization import EpsilonPrediction  # noqa: E402
 from ldm.diffusion.samplers import DDIMSampler, DPMSolverPP2M, Sampler  # noqa: E402
+from ldm.guard import NonFiniteGuard  # noqa: E402
 from ldm.diffusion.schedules import NoiseSchedule, linear  # noqa: E402
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer  # noqa: E402
 from ldm.models.unet import UNet  # noqa: E402
+from ldm.seeding import StepSeed  # noqa: E402
 from ldm.systems.latent_diffusion import LatentDiffusionModule  # noqa: E402
 from ldm.systems.optim import warmup_cosine  # noqa: E402
 from ldm.systems.vae import VAEModule  # noqa: E402
@@ -231,7 +234,8 @@ def fit_row(
             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
             precision="bf16-mixed" if device.type == "cuda" else "32-true",
             max_steps=args.warmup + args.steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
-            gradient_clip_val=gradient_clip_val, callbacks=[timer], default_root_dir=root,
+            # train.py's always-on callbacks: per-step reseeding and the NaN guard cost what they cost
+            gradient_clip_val=gradient_clip_val, callbacks=[timer, StepSeed(0), NonFiniteGuard()], default_root_dir=root,
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )
         trainer.fit(module, datamodule=datamodule)
@@ -261,8 +265,9 @@ def _chunks(total: int, size: int) -> Iterator[int]:
 
 
 def sample_row(name: str, sampler: Sampler, args: argparse.Namespace, device: torch.device) -> Row:
-    """Decoded samples of `LatentDiffusionModule.sample` (EMA UNet, then VAE decode); eager."""
-    module = build_ldm()[0].to(device).eval()
+    """Decoded samples of `LatentDiffusionModule.sample` (EMA UNet, then VAE decode), as sample.py
+    draws them: bf16 autocast on CUDA, eager unless --compile."""
+    module = build_ldm(args.compile)[0].to(device).eval()
     chunk = args.sample_batch_size or args.num_samples
     _reset_peak(device)
     with _autocast(device):
@@ -417,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     measurements: list[Callable[[], Row]] = [
         lambda: ldm_train_row(args, device),
         lambda: vae_train_row(args, device),
-        lambda: sample_row("sample_ddim50", DDIMSampler(num_steps=50), args, device),
+        lambda: sample_row("sample_ddim50", DDIMSampler(num_steps=50, eta=1.0), args, device),  # conf/sampler/ddim
         lambda: sample_row("sample_dpmpp20", DPMSolverPP2M(num_steps=20), args, device),
         lambda: diffusers_train_row(args, device),
     ]

@@ -21,9 +21,10 @@ row() {  # name, ckpt, num_samples, sampler overrides...
 }
 row vae_prior "$vae" "$n"
 row ddpm_1000 "$ldm" "$n_ddpm" sampler=ddpm
-row ddim_50 "$ldm" "$n" sampler=ddim steps=50
+row ddim_50 "$ldm" "$n" sampler=ddim steps=50            # eta = 1 (the default)
 row ddim_20 "$ldm" "$n" sampler=ddim steps=20
 row ddim_10 "$ldm" "$n" sampler=ddim steps=10
+row ddim_50_eta0 "$ldm" "$n" sampler=ddim steps=50 eta=0   # deterministic DDIM
 row dpmpp_20 "$ldm" "$n" sampler=dpmpp steps=20
 row dpmpp_10 "$ldm" "$n" sampler=dpmpp steps=10
 python experiments/tabulate.py "$out"/*/metrics.json

@@ -212,3 +212,12 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path: Path, mnist_dir: Pat
     assert after["wandb_run_id"] == run_id and after["global_step"] == 16  # 2 epochs of 8 steps
     runs = sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(run_id) for name in runs), runs
+
+
+def test_a_new_run_never_overwrites_another_runs_checkpoints(tmp_path: Path, mnist_dir: Path) -> None:
+    taken = tmp_path / "run" / "checkpoints"
+    taken.mkdir(parents=True)
+    (taken / "last.ckpt").write_bytes(b"someone else's weights")
+    with pytest.raises(CheckpointError, match="already holds another run's checkpoints.*ckpt_path="):
+        train(compose_cfg(tmp_path, mnist_dir, VAE_TINY))
+    assert (taken / "last.ckpt").read_bytes() == b"someone else's weights"

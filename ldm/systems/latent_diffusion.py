@@ -52,7 +52,7 @@ class LatentDiffusionModule(L.LightningModule):
         loss_weight: per-timestep weight of the squared error (uniform by default).
         ema_decay: the decay of the EMA of the denoiser's weights.
         conditioning: class labels with classifier-free guidance (None: unconditional).
-        compile: train through `torch.compile(unet)` (True or a mode; see `ldm.systems.compile`).
+        compile: train and sample through `torch.compile` (True or a mode; see `ldm.systems.compile`).
     """
 
     def __init__(
@@ -169,7 +169,9 @@ class LatentDiffusionModule(L.LightningModule):
         }
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, sampler: Sampler | None = None) -> "LatentDiffusionModule":
+    def from_checkpoint(
+        cls, path: str | Path, sampler: Sampler | None = None, compile: bool | str = False
+    ) -> "LatentDiffusionModule":
         """Rebuild a trained model (VAE, EMA denoiser, schedule, normaliser) from its checkpoint alone."""
         checkpoint = load_checkpoint(path, "ldm")
         info = checkpoint["ldm"]
@@ -182,6 +184,7 @@ class LatentDiffusionModule(L.LightningModule):
             parameterization=param_cls(), sampler=sampler or DDIMSampler(),
             vae=AutoencoderKL(**info["vae_config"]),
             conditioning=ClassConditioning(**info["conditioning"]) if info.get("conditioning") else None,
+            compile=compile,
         )
         model.load_state_dict(checkpoint["state_dict"])
         return model.eval()
@@ -192,7 +195,7 @@ class LatentDiffusionModule(L.LightningModule):
         w = 0 and w = 1 run one pass (exactly the unconditional / conditional model); otherwise the
         conditional and unconditional passes share one batched forward call.
         """
-        net = self.ema.model
+        net = self.compiled(self.ema.model)
         if self.conditioning is None:
             if labels is not None:
                 raise ValueError("labels were given but this model is unconditional (train with conditioning=class)")
