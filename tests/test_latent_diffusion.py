@@ -125,3 +125,33 @@ def test_from_checkpoint_rebuilds_an_identical_sampler(vae_ckpt: Path, tmp_path:
     torch.testing.assert_close(restored.sample(2, generator=seed()), module.eval().sample(2, generator=seed()))
     with pytest.raises(RuntimeError, match="without an optimizer"):
         restored.configure_optimizers()
+
+
+def test_compiled_modules_save_plain_keys_that_load_anywhere(vae_ckpt: Path, tmp_path: Path) -> None:
+    """torch.compile's wrapper lives outside the module tree: no `_orig_mod.` keys, and an eager
+    model loads a compiled run's checkpoint (and the other way round) with strict loading."""
+    compiled = _module(vae_ckpt, compile="reduce-overhead")
+    wrapper = compiled.compiled(compiled.unet)
+    assert wrapper is not compiled.unet and wrapper is compiled.compiled(compiled.unet)  # built once
+    assert not any("_orig_mod" in key for key in compiled.state_dict())
+    assert compiled.state_dict().keys() == _module(vae_ckpt).state_dict().keys()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(compiled)
+    trainer.save_checkpoint(tmp_path / "ldm.ckpt")
+    eager = LatentDiffusionModule.from_checkpoint(tmp_path / "ldm.ckpt")
+    assert eager.compiled(eager.unet) is eager.unet
+    assert LatentDiffusionModule.from_checkpoint(tmp_path / "ldm.ckpt", compile=True).compiled.mode is True
+    with pytest.raises(ValueError, match="model.compile='fast' is not valid"):
+        _module(vae_ckpt, compile="fast")
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager(vae_ckpt: Path) -> None:
+    """One real torch.compile of the UNet (CPU inductor: slow, hence `slow`)."""
+    eager, compiled = _module(vae_ckpt), _module(vae_ckpt, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    batch = {"latent": torch.randn(8, 4, 7, 7), "label": torch.zeros(8, dtype=torch.long)}
+    t, eps = torch.randint(0, 100, (8,)), torch.randn(8, 4, 7, 7)
+    expected = eager.diffusion_loss(eager.unet, batch["latent"], t, eps)
+    got = compiled.diffusion_loss(compiled.compiled(compiled.unet), batch["latent"], t, eps)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
