@@ -2,8 +2,9 @@
 
 `torch.compile(net)` returns a wrapper whose state-dict keys gain an `_orig_mod.` prefix. The
 systems therefore register only the plain network and call the compiled wrapper, held in a
-`Compiled` cache (not an `nn.Module`), in `training_step`: checkpoints from compiled and eager
-runs have identical keys and load into either. Evaluation and sampling stay eager by default.
+`Compiled` cache (not an `nn.Module`): in `training_step`, and for the LDM also when sampling
+from the EMA network. Checkpoints from compiled and eager runs have identical keys and load
+into either. Validation losses run eager.
 """
 
 from __future__ import annotations
