@@ -73,6 +73,15 @@ def _latest_or_none(stage: str, registry: str) -> str | None:
 OmegaConf.register_new_resolver("latest_ckpt_or_none", _latest_or_none, replace=True)
 
 
+def _auto_precision(accelerator: str) -> str:
+    """bf16 mixed precision when training will run on a CUDA GPU that supports it, else float32."""
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+OmegaConf.register_new_resolver("auto_precision", _auto_precision, replace=True)
+
+
 def _instantiate_all(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None]
 

@@ -64,3 +64,16 @@ def test_data_dir_defaults_to_environment(tmp_path: Path, monkeypatch: pytest.Mo
     assert cfg.task_name == "vae" and cfg.model.vae.in_channels == 1
     monkeypatch.delenv("LDM_DATA_DIR")
     assert cfg.paths.data_dir.endswith("/data")
+
+
+def test_default_precision_is_bf16_only_on_a_cuda_gpu(monkeypatch) -> None:
+    import torch
+
+    from train import _auto_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert _auto_precision("auto") == _auto_precision("gpu") == "bf16-mixed"
+    assert _auto_precision("cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
+    assert _auto_precision("auto") == "32-true"
