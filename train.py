@@ -144,6 +144,26 @@ def _end_ddp_job(env_before: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
+LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+
+
+def scale_lr(cfg: DictConfig, world_size: int, accumulate: int) -> None:
+    """`lr_scaling`: multiply model.optimizer.lr by (world_size × accumulate)^p, p = 0, 1/2 or 1.
+
+    `data.batch_size` is per device, so N devices (and k accumulated batches) take steps on an
+    N·k times larger batch; "linear" (Goyal et al. 2017) or "sqrt" keeps the step per sample.
+    """
+    rule = cfg.get("lr_scaling", "none")
+    if rule not in LR_SCALING:
+        raise ValueError(f"lr_scaling={rule!r} is not one of {list(LR_SCALING)}")
+    factor = float(world_size * accumulate) ** LR_SCALING[rule]
+    if factor != 1.0 and cfg.model.get("optimizer") is not None:
+        with open_dict(cfg):
+            cfg.model.optimizer.lr = float(cfg.model.optimizer.lr) * factor
+        log.info("lr_scaling=%s: effective batch x%d, model.optimizer.lr -> %.3g", rule, world_size * accumulate,
+                 cfg.model.optimizer.lr)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; record its best checkpoint for the next stage."""
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
@@ -165,12 +185,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls (Ampere+ GPUs)
 
     datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model)
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    scale_lr(cfg, trainer.world_size, trainer.accumulate_grad_batches)
+    model = hydra.utils.instantiate(cfg.model)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

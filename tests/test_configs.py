@@ -77,3 +77,14 @@ def test_default_precision_is_bf16_only_on_a_cuda_gpu(monkeypatch) -> None:
     assert _auto_precision("cpu") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
     assert _auto_precision("auto") == "32-true"
+
+
+@pytest.mark.parametrize(("rule", "lr"), [("none", 1e-3), ("sqrt", 2e-3), ("linear", 4e-3)])
+def test_lr_scaling_follows_the_effective_batch(rule: str, lr: float, tmp_path, mnist_dir) -> None:
+    from train import scale_lr
+
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "model.optimizer.lr=1e-3", f"lr_scaling={rule}"])
+    scale_lr(cfg, world_size=2, accumulate=2)  # 2 devices x 2 accumulated batches: 4x the batch
+    assert cfg.model.optimizer.lr == pytest.approx(lr)
+    with pytest.raises(ValueError, match="lr_scaling='cubic'"):
+        scale_lr(compose_cfg(tmp_path, mnist_dir, ["model=vae", "lr_scaling=cubic"]), 2, 1)

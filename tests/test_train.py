@@ -164,7 +164,7 @@ def test_ddp_two_cpu_processes_every_stage(tmp_path: Path, mnist_dir: Path) -> N
     the latent cache is encoded once, and each stage records its checkpoint."""
     no_cpu = lambda overrides: [o for o in overrides if o != "trainer=cpu"]  # noqa: E731
     stages = {
-        "vae": ["model=vae", *no_cpu(TINY)],
+        "vae": ["model=vae", *no_cpu(TINY), "lr_scaling=linear"],
         "classifier": ["model=classifier", *[o for o in no_cpu(TINY) if "model.vae" not in o], "model.classifier.width=8", "callbacks.images=null"],
         "ldm": ["model=ldm", *no_cpu(LDM_TINY), "callbacks.sample_quality.every_n_epochs=1",
                 "callbacks.sample_quality.num_samples=16", "callbacks.sample_quality.batch_size=8"],
@@ -172,6 +172,7 @@ def test_ddp_two_cpu_processes_every_stage(tmp_path: Path, mnist_dir: Path) -> N
     for stage, overrides in stages.items():
         output = _train_subprocess(tmp_path, mnist_dir, *overrides, *DDP)
         assert "RANKS AGREE" in output, (stage, output[-3000:])
+        assert (stage == "vae") == ("lr_scaling=linear: effective batch x2" in output)
         assert find_latest(tmp_path / "logs" / "latest", stage).is_file()
     assert output.count("Encoding MNIST") == 1
     metrics = sorted((tmp_path / "logs" / "ldm" / "runs").glob("*/csv/metrics.csv"))[-1].read_text()
