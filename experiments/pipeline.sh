@@ -5,7 +5,7 @@
 #   bash experiments/pipeline.sh gpu  [ROOT]   # the default configs on one GPU, scored with 10k samples
 #
 # ROOT (default: a fresh folder under /tmp) receives logs/, the latent cache and samples, so the
-# run never picks up checkpoints from elsewhere. MNIST comes from LDM_DATA_DIR (or ./data).
+# run never picks up checkpoints from elsewhere. MNIST comes from LDM_DATA_DIR (default: the repo's data/).
 # The classifier for the FID is evaluation infrastructure: trained first, outside the clock,
 # with profile gpu only (or reuse one: CLASSIFIER_CKPT=path).
 set -euo pipefail
@@ -13,6 +13,7 @@ profile=${1:?usage: pipeline.sh tiny|gpu [ROOT]}
 root=${2:-$(mktemp -d /tmp/ldm-pipeline-XXXX)}
 mkdir -p "$root"
 here=$(cd "$(dirname "$0")/.." && pwd)
+export LDM_DATA_DIR=${LDM_DATA_DIR:-$here/data}  # as train.py's default, not under ROOT
 common=("paths.root_dir=$root" "logger=csv")
 
 case $profile in
