@@ -76,7 +76,8 @@ OmegaConf.register_new_resolver("latest_ckpt_or_none", _latest_or_none, replace=
 def _auto_precision(accelerator: str) -> str:
     """bf16 mixed precision when training will run on a CUDA GPU that supports it, else float32."""
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    # Native bf16 only (Ampere and newer): emulated bf16 on a V100 or T4 is slower than float32.
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
 
 OmegaConf.register_new_resolver("auto_precision", _auto_precision, replace=True)
@@ -119,7 +120,7 @@ def _relaunch_ranks_from(config_file: Path) -> None:
     def command(local_rank: int) -> tuple[list[str], str]:
         return [
             sys.executable, str(Path(__file__).resolve()), "-cp", str(config_file.parent), "-cn", config_file.name,
-            f"hydra.run.dir={config_file.parent}", f"hydra.job.name=train_ddp_process_{local_rank}",
+            f'hydra.run.dir="{config_file.parent}"', f"hydra.job.name=train_ddp_process_{local_rank}",
             "hydra.output_subdir=null",
         ], hydra.utils.get_original_cwd()
 
@@ -129,14 +130,17 @@ def _relaunch_ranks_from(config_file: Path) -> None:
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
-def _end_ddp_job(env_before: dict[str, str | None]) -> None:
+def _end_multirun_job(env_before: dict[str, str | None]) -> None:
     """After one multirun job: Lightning leaves its DDP launch variables in os.environ and the
     process group open; the next job would take LOCAL_RANK as "launched externally" and wait
-    for ranks that never start. Restore both."""
+    for ranks that never start. Restore both, and free this job's compiled graphs and GPU cache."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     for key, value in env_before.items():
         if value is None:
             os.environ.pop(key, None)
@@ -152,6 +156,8 @@ def scale_lr(cfg: DictConfig, world_size: int, accumulate: int) -> None:
 
     `data.batch_size` is per device, so N devices (and k accumulated batches) take steps on an
     N·k times larger batch; "linear" (Goyal et al. 2017) or "sqrt" keeps the step per sample.
+    Each process applies it to its own copy of the config: `config.yaml` records the requested
+    learning rate, the loggers' hyperparameters the effective one.
     """
     rule = cfg.get("lr_scaling", "none")
     if rule not in LR_SCALING:
@@ -209,7 +215,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         finish_wandb(loggers)
         if _multirun():
-            _end_ddp_job(env_before)
+            _end_multirun_job(env_before)
     return metrics
 
 

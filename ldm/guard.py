@@ -61,7 +61,7 @@ class NonFiniteGuard(L.Callback):
             return
         bad = ~torch.stack(torch._foreach_norm(grads)).isfinite().all()
         step = trainer.global_step
-        if optimizer.defaults.get("fused"):
+        if all(group.get("fused") for group in optimizer.param_groups):  # groups: a resumed state may differ
             optimizer.found_inf = bad.float()  # the fused kernel leaves weights and state untouched
             self._record(bad, step)
             if step % self.check_every_n_steps == 0:

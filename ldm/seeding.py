@@ -1,7 +1,7 @@
 """Seeds derived from a run's seed, so every random draw is a function of *where* it happens.
 
 `StepSeed` reseeds torch's global generators at the start of each training batch from
-(seed, rank, global step). Together with `TensorLoader` (whose batches depend on (seed, epoch,
+(seed, rank, global step, batch index). Together with `TensorLoader` (whose batches depend on (seed, epoch,
 batch, rank)) this makes training reproducible across a kill and resume without storing RNG
 states in checkpoints, and gives each DDP rank its own noise: `seed_everything` alone gives all
 ranks the same t and eps draws.
@@ -28,7 +28,7 @@ def mix_seed(*keys: int) -> int:
 
 
 class StepSeed(L.Callback):
-    """Before every training batch: `torch.manual_seed(mix_seed(seed, rank, global_step))`.
+    """Before every training batch: `torch.manual_seed(mix_seed(seed, rank, global_step, batch_idx))`.
 
     Seeds the CPU and every CUDA generator, so the diffusion time steps, noise, label dropout and
     dropout masks of step n are the same in an uninterrupted run and in a run resumed before n.
@@ -38,4 +38,5 @@ class StepSeed(L.Callback):
         self.seed = seed
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(mix_seed(self.seed, trainer.global_rank, trainer.global_step))
+        # batch_idx too: with gradient accumulation several batches share one global step
+        torch.manual_seed(mix_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))

@@ -72,10 +72,10 @@ def test_default_precision_is_bf16_only_on_a_cuda_gpu(monkeypatch) -> None:
     from train import _auto_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert _auto_precision("auto") == _auto_precision("gpu") == "bf16-mixed"
     assert _auto_precision("cpu") == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)  # a V100: emulated only
     assert _auto_precision("auto") == "32-true"
 
 

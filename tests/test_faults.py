@@ -221,3 +221,20 @@ def test_a_new_run_never_overwrites_another_runs_checkpoints(tmp_path: Path, mni
     with pytest.raises(CheckpointError, match="already holds another run's checkpoints.*ckpt_path="):
         train(compose_cfg(tmp_path, mnist_dir, VAE_TINY))
     assert (taken / "last.ckpt").read_bytes() == b"someone else's weights"
+
+
+def test_guard_follows_the_restored_optimizer_not_its_constructor() -> None:
+    """A run resumed on CUDA from an unfused (e.g. CPU) checkpoint: AdamW was built fused, but
+    load_state_dict restored unfused param groups, which must not be handed a found_inf flag."""
+    net = torch.nn.Linear(3, 2)
+    unfused = torch.optim.AdamW(net.parameters(), lr=0.1)
+    net(torch.randn(4, 3)).sum().backward()
+    unfused.step()
+    resumed = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+    resumed.load_state_dict(unfused.state_dict())
+    assert resumed.defaults["fused"] and not resumed.param_groups[0]["fused"]
+    resumed.zero_grad()
+    net(torch.full((4, 3), float("nan"))).sum().backward()
+    NonFiniteGuard(action="skip").on_before_optimizer_step(_Trainer(), _Module(), resumed)
+    resumed.step()  # the unfused path: no found_inf was set, the gradients were dropped instead
+    assert not hasattr(resumed, "found_inf") and all(torch.isfinite(p).all() for p in net.parameters())

@@ -4,8 +4,10 @@ Replaces torch's DataLoader for data that already sits in (GPU) memory:
 
 * **On-device batching.** One `randperm` per epoch on the data's device, then a slice and one
   fancy-index per batch: no worker processes, no per-item Python, no host-to-device copies.
-* **Deterministic.** The order of epoch e is a function of (seed, e) alone, and a random batch
-  transform (e.g. drawing z = mean + std * eps) gets a generator seeded from (seed, e, i, rank).
+* **Deterministic.** The order of epoch e is a function of (seed, e) and the device type (CPU and
+  CUDA generators differ), and a random batch transform (e.g. drawing z = mean + std * eps) gets
+  a generator seeded from (seed, e, i, rank). Training drops the last partial batch, so every
+  step has the same shape (no recompiles under torch.compile).
   Lightning calls `sampler.set_epoch(e)` at each epoch start, as it does for DistributedSampler.
 * **Sharded.** With `world_size` > 1 each rank takes every world_size-th index of the (padded)
   epoch order, exactly as `DistributedSampler` does, so DDP ranks see disjoint data.
@@ -72,8 +74,10 @@ class TensorLoader:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
-        self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
         self.sampler = EpochOrder(len(dataset), shuffle, seed, rank, world_size)
+        # never drop the only (partial) batch of a tiny split
+        self.dataset, self.batch_size = dataset, batch_size
+        self.drop_last = drop_last and len(self.sampler) >= batch_size
         self._yielded, self._resume_at = 0, None
 
     def __len__(self) -> int:
@@ -107,10 +111,11 @@ class TensorLoader:
 
 
 def loader_for(datamodule: Any, dataset: TensorBatchDataset, batch_size: int, shuffle: bool, seed: int) -> TensorLoader:
-    """A TensorLoader sharded over the datamodule's trainer (one shard without a trainer)."""
+    """A TensorLoader sharded over the datamodule's trainer (one shard without a trainer); shuffled
+    (training) loaders drop the last partial batch."""
     trainer = getattr(datamodule, "trainer", None)
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-    return TensorLoader(dataset, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world)
+    return TensorLoader(dataset, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world, drop_last=shuffle)
 
 
 class ResumableTrainLoader:

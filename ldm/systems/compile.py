@@ -9,12 +9,21 @@ into either. Validation losses run eager.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def _cloning(fn: Callable) -> Callable:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        return out.clone() if isinstance(out, torch.Tensor) else out
+
+    return call
 
 
 class Compiled:
@@ -35,7 +44,10 @@ class Compiled:
         if self.mode is False:
             return net
         if id(net) not in self._cache:
-            self._cache[id(net)] = torch.compile(net, mode=None if self.mode is True else self.mode)
+            compiled = torch.compile(net, mode=None if self.mode is True else self.mode)
+            # CUDA graphs reuse their output memory on the next call; samplers keep outputs across
+            # steps (DPM-Solver++ keeps x0_hat), so these modes hand out copies.
+            self._cache[id(net)] = _cloning(compiled) if self.mode in CUDA_GRAPH_MODES else compiled
         return self._cache[id(net)]
 
     def __getstate__(self) -> dict:  # pickled with the module (ddp_spawn): recompile in the child

@@ -36,10 +36,11 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
-def _fused_if_cuda(factory: Callable[..., Optimizer], params: list[torch.nn.Parameter]) -> dict[str, bool]:
-    """`fused=True` for Adam/AdamW over CUDA parameters unless the config chose: one kernel per step."""
+def _fused_if_cuda(factory: Callable[..., Optimizer], params: list[torch.nn.Parameter], precision: str) -> dict[str, bool]:
+    """`fused=True` for Adam/AdamW over CUDA parameters unless the config chose: one kernel per step.
+    Not under fp16 loss scaling, where Lightning cannot clip a fused optimizer's gradients."""
     if isinstance(factory, functools.partial) and factory.func in (torch.optim.Adam, torch.optim.AdamW):
-        if "fused" not in factory.keywords and params and all(p.is_cuda for p in params):
+        if "fused" not in factory.keywords and params and all(p.is_cuda for p in params) and not precision.startswith("16"):
             return {"fused": True}
     return {}
 
@@ -51,7 +52,8 @@ def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter])
     if module.optimizer_factory is None:
         raise RuntimeError("This module was built without an optimizer (for sampling only); it cannot train")
     params = list(params)
-    built = module.optimizer_factory(params=params, **_fused_if_cuda(module.optimizer_factory, params))
+    precision = str(module.trainer.precision) if module._trainer is not None else "32-true"
+    built = module.optimizer_factory(params=params, **_fused_if_cuda(module.optimizer_factory, params, precision))
     if module.scheduler_factory is None:
         return built
     # Without a Trainer (notebooks, tests) the total is unknown; the schedule then stays at its start.
