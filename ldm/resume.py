@@ -11,7 +11,7 @@
 
 What a checkpoint restores: weights, EMA weights, optimizer, LR schedule, global step and epoch
 (Lightning); the position inside the epoch (`ldm.data.loader.TensorLoader`); and every random
-draw after it, which `ldm.seeding.StepSeed` derives from (seed, rank, step) rather than from
+draw after it, which `ldm.seeding.StepSeed` derives from (seed, rank, step, batch) rather than from
 RNG state, so a run killed and resumed ends with the weights of an uninterrupted one.
 """
 
