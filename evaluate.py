@@ -47,7 +47,7 @@ def real_images(cfg: DictConfig) -> dict[str, torch.Tensor]:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
-    return {s: datamodule.splits[s].__getitems__(list(range(len(datamodule.splits[s]))))["image"] for s in ("train", "test")}
+    return {s: datamodule.splits[s].batch(torch.arange(len(datamodule.splits[s])))["image"] for s in ("train", "test")}
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -179,10 +179,10 @@ class SampleQuality(L.Callback):
         }
         self.reference.prepare_data()
         self.reference.setup("validate")
-        real = self.reference.val_dataloader().dataset
-        shard = list(range(trainer.global_rank, len(real), trainer.world_size))
-        for start in range(0, len(shard), self.batch_size):
-            images = real.__getitems__(shard[start : start + self.batch_size])["image"].to(pl_module.device)
+        real = self.reference.splits["val"]
+        shard = torch.arange(trainer.global_rank, len(real), trainer.world_size)
+        for indices in shard.split(self.batch_size):
+            images = real.batch(indices)["image"].to(pl_module.device)
             for metric in self.metrics.values():
                 metric.update(images, real=True)
 

@@ -26,7 +26,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger
 
-from ldm.checkpoints import CheckpointError
+from ldm.checkpoints import CheckpointError, load_checkpoint
 from ldm.io import atomic_write
 
 
@@ -74,11 +74,10 @@ def resolve_resume(ckpt_path: str | None, log_dir: str | Path, task_name: str) -
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path}: {path} does not exist; pass an existing checkpoint or ckpt_path=last")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, or unsafe: all mean "use another one"
-        raise CheckpointError(f"ckpt_path={ckpt_path}: {path} cannot be resumed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); pass another checkpoint") from e
-    if not isinstance(checkpoint, dict) or "loops" not in checkpoint:
+        checkpoint = load_checkpoint(path, None)  # safe load: truncated, unsafe or foreign files refused
+    except CheckpointError as e:
+        raise CheckpointError(f"ckpt_path={ckpt_path} cannot be resumed: {e}") from e
+    if "loops" not in checkpoint:
         raise CheckpointError(f"ckpt_path={ckpt_path}: {path} is not a training checkpoint (no loop state) and cannot be resumed")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() else None
     return Resume(path.resolve(), run_dir.resolve() if run_dir else None, checkpoint.get("wandb_run_id"))

@@ -83,10 +83,7 @@ def test_quick_defaults_and_compile_modes(bench) -> None:
     assert (full.batch_size, full.num_samples, full.num_train) == (1024, 10_000, 55_000)
 
 
-def test_compile_is_skipped_where_the_system_lacks_it(bench) -> None:
-    class Eager:
-        def __init__(self, network: object) -> None: ...
-
-    kwargs, note = bench._compile_kwargs(Eager, True)
-    assert kwargs == {} and "--compile ignored" in note
-    assert bench._compile_kwargs(Eager, False) == ({}, "")
+def test_compile_reaches_the_systems(bench) -> None:
+    module, note = bench.build_ldm("reduce-overhead")
+    assert module.compiled.mode == "reduce-overhead" and note == "torch.compile(reduce-overhead)"
+    assert bench.build_vae(False)[0].compiled.mode is False and bench.build_vae(False)[1] == ""

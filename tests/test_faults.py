@@ -93,6 +93,10 @@ def test_a_skipped_step_leaves_weights_and_optimizer_state_untouched(fused: bool
         else:
             with pytest.raises(NonFiniteError, match="at step 7"):
                 guard.on_before_optimizer_step(_Trainer(), _Module(), optimizer)
+        if fused:  # skipped on the device: gradients kept, the kernel told to leave everything
+            assert optimizer.found_inf.item() == 1.0 and all(p.grad is not None for p in net.parameters())
+        else:  # skipped on the host: gradients dropped
+            assert all(p.grad is None for p in net.parameters())
         optimizer.step()
         assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters()))
         assert all(torch.equal(state[p][k], optimizer.state[p][k]) for p in net.parameters() for k in state[p])
@@ -177,14 +181,23 @@ def test_resume_targets_that_cannot_work_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_resume(str(tmp_path / "nope.ckpt"), tmp_path / "logs", "ldm")
     truncated = tmp_path / "truncated.ckpt"
-    torch.save({"loops": {}, "state_dict": {"w": torch.zeros(1000)}}, truncated)
+    torch.save({"ldm": {"kind": "vae"}, "loops": {}, "state_dict": {"w": torch.zeros(1000)}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="cannot be resumed"):
         resolve_resume(str(truncated), tmp_path / "logs", "ldm")
     weights_only = tmp_path / "weights.ckpt"
-    torch.save({"state_dict": {}}, weights_only)
+    torch.save({"ldm": {"kind": "vae"}, "state_dict": {}}, weights_only)
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         resolve_resume(str(weights_only), tmp_path / "logs", "ldm")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"ldm": {"kind": "ldm"}, "loops": {}, "payload": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="cannot be resumed: Refusing to load"):
+        resolve_resume(str(evil), tmp_path / "logs", "ldm")
 
 
 def test_wandb_unreachable_goes_offline_without_waiting(monkeypatch) -> None:

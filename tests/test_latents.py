@@ -44,7 +44,7 @@ def test_cache_contents_match_the_encoder(mnist_dir: Path, vae_ckpt: Path, tmp_p
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": N_TRAIN - 64, "val": 64, "test": N_TEST}
     assert dm.latent_shape == (4, 7, 7)
     test = dm.splits["test"].tensors
-    images = dm.images.splits["test"].__getitems__(list(range(5)))
+    images = dm.images.splits["test"].batch(torch.arange(5))
     mean, logvar = load_vae(vae_ckpt).encode(images["image"])
     torch.testing.assert_close(test["mean"][:5], mean, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(test["std"][:5], (0.5 * logvar).exp(), atol=1e-5, rtol=1e-4)
@@ -73,12 +73,12 @@ def test_rebuilt_when_truncated_or_corrupt(mnist_dir: Path, vae_ckpt: Path, tmp_
 def test_served_latents_are_normalised_and_resampled(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
     dm = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache", shift=True)
     train = dm.splits["train"]
-    everything = train.__getitems__(list(range(len(train))))["latent"]
+    everything = train.batch(torch.arange(len(train)))["latent"]
     assert abs(everything.mean().item()) < 0.05 and abs(everything.var().item() - 1.0) < 0.1
-    a, b = train.__getitems__([0, 1]), train.__getitems__([0, 1])
+    a, b = train.batch([0, 1]), train.batch([0, 1])
     assert not torch.equal(a["latent"], b["latent"])  # fresh eps each time
     val = dm.splits["val"]
-    assert torch.equal(val.__getitems__([0])["latent"], val.__getitems__([0])["latent"])  # mean: fixed
+    assert torch.equal(val.batch([0])["latent"], val.batch([0])["latent"])  # mean: fixed
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"latent", "label"} and batch["latent"].shape == (100, 4, 7, 7)
 
@@ -86,7 +86,7 @@ def test_served_latents_are_normalised_and_resampled(mnist_dir: Path, vae_ckpt: 
 def test_mode_mean_and_bad_arguments(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
     dm = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache", mode="mean")
     train = dm.splits["train"]
-    assert torch.equal(train.__getitems__([3])["latent"], train.__getitems__([3])["latent"])
+    assert torch.equal(train.batch([3])["latent"], train.batch([3])["latent"])
     with pytest.raises(ValueError, match="data.mode='median'"):
         LatentDataModule(dm.images, vae_ckpt, tmp_path, mode="median")
 

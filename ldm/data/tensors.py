@@ -3,7 +3,7 @@
 `TensorBatchDataset.batch(indices)` is one fancy-index per tensor, on the tensors' own device,
 followed by an optional per-batch transform (dtype conversion, latent sampling). For MNIST-sized
 data the whole dataset fits on the GPU, so batching costs a few kernel launches and no host work;
-`ldm.data.loader.TensorLoader` drives it. `__getitems__` keeps it usable with a torch DataLoader.
+`ldm.data.loader.TensorLoader` drives it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _identity(batch: Batch, generator: torch.Generator | None = None) -> Batch:
     return batch
 
 
-class TensorBatchDataset(torch.utils.data.Dataset):
+class TensorBatchDataset:
     """Rows of equally long tensors, returned as a dict batch, optionally transformed per batch.
 
     The transform is called as `transform(batch, generator)`; a random transform draws from
@@ -50,9 +50,3 @@ class TensorBatchDataset(torch.utils.data.Dataset):
         """The transformed rows `indices` (a tensor of any device, or a list of ints)."""
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         return self.transform({name: t[idx] for name, t in self.tensors.items()}, generator)
-
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
-        return self.batch(indices)
-
-    def __getitem__(self, index: int) -> Batch:
-        return self.batch([index])
