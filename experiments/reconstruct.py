@@ -24,19 +24,20 @@ import torch  # noqa: E402
 from ldm.checkpoints import load_vae  # noqa: E402
 from ldm.data.mnist import MNISTDataModule  # noqa: E402
 from ldm.io import atomic_write  # noqa: E402
+from sample import to_uint8  # noqa: E402
 
 
 @torch.no_grad()
 def reconstruct(vae_ckpt: Path, data_dir: Path, num: int, batch_size: int = 1000) -> np.ndarray:
-    """uint8 (N, H, W) reconstructions (decode(posterior mean)) of the first `num` train digits."""
+    """uint8 reconstructions (decode(posterior mean)) of the first `num` train digits, as samples.npz holds them."""
     data = MNISTDataModule(data_dir=data_dir, download=False)
     data.setup()
     vae = load_vae(vae_ckpt)
     images = []
     for start in range(0, min(num, len(data.splits["train"])), batch_size):
         x = data.splits["train"].batch(torch.arange(start, min(start + batch_size, num)))["image"]
-        images.append(vae.decode(vae.encode(x)[0]).clamp(0, 1))
-    return (torch.cat(images) * 255).round().to(torch.uint8)[:, 0].numpy()
+        images.append(vae.decode(vae.encode(x)[0]))
+    return to_uint8(torch.cat(images))
 
 
 def main() -> None:
