@@ -4,6 +4,9 @@
   folder, fsyncs it and renames it over the target (`ldm.io.atomic_write`): a kill or a full disk
   leaves the previous checkpoint, never a truncated one. (Lightning's default stages the file in
   the system temp folder and *copies* it when that is another filesystem.)
+* `LastCheckpoint` keeps `last.ckpt` current: every N steps, at every epoch end and when training
+  ends. (Lightning 2.6's `save_last` refreshes it only when a top-k checkpoint was also written,
+  so once the monitored metric stops improving `last.ckpt` silently falls behind.)
 * `RememberWandbRun` stores the W&B run id in each checkpoint, so a resumed run continues the
   same W&B run instead of starting a new one.
 * `resolve_resume` turns `ckpt_path=last` (the newest `last.ckpt` of this task) or a path into the
@@ -24,6 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 from ldm.checkpoints import CheckpointError, load_checkpoint
@@ -37,6 +41,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes `<dirpath>/last.ckpt` every `every_n_train_steps` steps, at each epoch end (after
+    validation) and at the end of training; never a top-k file. One per run: the best-checkpoint
+    callback should have `save_last: false`.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 500) -> None:
+        super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+
+    def _refresh(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # sanity check, other stages, or done
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._refresh(trainer)  # the epoch's validation has run by now
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._refresh(trainer)  # max_steps or a stop request mid-epoch
 
 
 class RememberWandbRun(L.Callback):

@@ -155,7 +155,9 @@ def test_full_disk_while_writing_the_cache_keeps_the_old_cache(tmp_path: Path, m
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["schedule.coefficients.beta_end=1.5"], "model.schedule.coefficients: need 0 < beta_start <= beta_end < 1"),
+        (["schedule=linear", "schedule.coefficients.beta_end=1.5"],
+         "model.schedule.coefficients: need 0 < beta_start <= beta_end < 1"),
+        (["schedule.coefficients.tau=0"], "model.schedule.coefficients: need start < end and tau > 0"),
         (["schedule.coefficients.num_timesteps=0"], "num_timesteps must be a positive int, got 0"),
         (["sampler.num_steps=2000"], "model: num_steps=2000 exceeds the schedule's num_timesteps=1000"),
         (["conditioning=class", "conditioning.guidance=-1"], "model.conditioning: guidance=-1 must be >= 0"),

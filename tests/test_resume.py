@@ -59,3 +59,20 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, mni
         torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=1e-9)
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
     assert b.get("wandb_run_id") == run_id  # None with the CSV logger; the W&B test checks the id
+
+
+def test_last_checkpoint_is_the_final_state_even_when_the_best_is_older(tmp_path: Path, mnist_dir: Path) -> None:
+    """Lightning's own save_last skips epochs without a new best; ours must not (monitor=step, mode=min:
+    only epoch 0 is ever 'best')."""
+    from conftest import compose_cfg
+    from train import train
+
+    cfg = compose_cfg(tmp_path, mnist_dir, [
+        "model=vae", "trainer=cpu", "trainer.max_epochs=3", "data.val_size=64", "data.batch_size=32",
+        "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false",
+        "callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=min"])
+    train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["epoch000.ckpt", "last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 24)  # 256 train images / 32 = 8 steps per epoch
