@@ -121,6 +121,7 @@ class NonFiniteGuard(L.Callback):
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str:
-    ckpt = trainer.checkpoint_callback
-    path = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")
-    return path or "none saved yet"
+    """The newest checkpoint written: a `last.ckpt` if any callback keeps one, else the best."""
+    callbacks = trainer.checkpoint_callbacks
+    paths = [getattr(c, "last_model_path", "") for c in callbacks] + [getattr(c, "best_model_path", "") for c in callbacks]
+    return next((p for p in paths if p), "none saved yet")

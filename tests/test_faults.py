@@ -67,7 +67,7 @@ def test_fused_stop_is_caught_at_the_next_check_with_the_first_bad_step(tmp_path
 
 
 class _Trainer:  # just what the guard reads
-    global_step, current_epoch, checkpoint_callback = 7, 0, None
+    global_step, current_epoch, checkpoint_callbacks = 7, 0, []
     precision_plugin = object()
 
 

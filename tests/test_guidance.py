@@ -122,4 +122,4 @@ def test_conditional_train_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
     metrics = train(cfg)
     assert "val/loss" in metrics and "test/loss" in metrics
     restored = LatentDiffusionModule.from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert restored.conditioning.num_classes == 10 and restored.conditioning.guidance == 2.0
+    assert restored.conditioning.num_classes == 10 and restored.conditioning.guidance == 1.25

@@ -25,7 +25,7 @@ class ClassConditioning:
         guidance: default guidance scale w used when sampling.
     """
 
-    def __init__(self, num_classes: int = 10, p_uncond: float = 0.1, guidance: float = 2.0) -> None:
+    def __init__(self, num_classes: int = 10, p_uncond: float = 0.1, guidance: float = 1.25) -> None:
         if num_classes < 1:
             raise ValueError(f"conditioning.num_classes={num_classes} must be >= 1")
         if not 0.0 <= p_uncond <= 1.0:
