@@ -16,8 +16,9 @@ from pathlib import Path
 
 
 def load(paths: list[Path]) -> tuple[list[tuple[float, dict]], dict, int]:
-    """[(w, metrics)] sorted by w, the floor's metrics, the sample count; all files must share N."""
-    rows, floors, counts = [], [], set()
+    """[(w, metrics)] sorted by w, the floor's metrics, the sample count; all files must share N
+    (then they share the floor too: real train digits vs the test set at that N)."""
+    rows, floor, counts = [], {}, set()
     for path in paths:
         match = re.fullmatch(r"w(\d+(?:\.\d+)?)", path.parent.name)
         if match is None:
@@ -26,11 +27,11 @@ def load(paths: list[Path]) -> tuple[list[tuple[float, dict]], dict, int]:
         if "cond_acc" not in result["metrics"]:
             raise SystemExit(f"{path}: no conditional accuracy; these are not samples of a conditional model")
         rows.append((float(match.group(1)), result["metrics"]))
-        floors.append(result["floor"])
+        floor = result["floor"]
         counts.add(result["num_samples"])
     if len(counts) != 1:
         raise SystemExit(f"mixed sample counts {sorted(counts)}: FID is only comparable at one N")
-    return sorted(rows, key=lambda row: row[0]), floors[0], counts.pop()
+    return sorted(rows, key=lambda row: row[0]), floor, counts.pop()
 
 
 def main() -> None:
