@@ -12,75 +12,38 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import signal
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from hydra.errors import InstantiationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ldm.checkpoints import CheckpointError, find_latest, record_latest
-from ldm.data.idx import IDXError
-from ldm.data.latents import CacheError
-from ldm.data.mnist import DatasetNotFoundError
-from ldm.guard import NonFiniteError
+from ldm.checkpoints import CheckpointError, load_vae, record_latest
+from ldm.cli import handler, resolvers
+from ldm.cli.typecheck import check_config, check_values
+from ldm.errors import ConfigError, Interrupted
+from ldm.io import atomic_write
 from ldm.loggers import finish_wandb
-from ldm.resume import resolve_resume
+from ldm.resume import find_checkpoint, resolve_resume
 
 log = logging.getLogger("train")
 # The LDM's frozen VAE and EMA copy are in eval mode on purpose; Lightning warns about any such module.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+resolvers.register()
 
-
-def _multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _sweep_group(task: str) -> str | None:
-    """One W&B group per multirun, named after its sweep folder; single runs have none."""
-    return f"{task}-{Path(HydraConfig.get().sweep.dir).name}" if _multirun() else None
-
-
-def _run_name(task: str) -> str:
-    if _multirun():
-        job = HydraConfig.get().job
-        return f"{task}-{job.num}-{job.override_dirname}".rstrip("-")
-    return f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
-OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
-OmegaConf.register_new_resolver("latest_ckpt", lambda stage, registry: str(find_latest(registry, stage)), replace=True)
-OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
-
-
-def _latest_or_none(stage: str, registry: str) -> str | None:
-    try:
-        return str(find_latest(registry, stage))
-    except CheckpointError:
-        return None
-
-
-OmegaConf.register_new_resolver("latest_ckpt_or_none", _latest_or_none, replace=True)
-
-
-def _auto_precision(accelerator: str) -> str:
-    """bf16 mixed precision when training will run on a CUDA GPU that supports it, else float32."""
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    # Native bf16 only (Ampere and newer): emulated bf16 on a V100 or T4 is slower than float32.
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
-
-
-OmegaConf.register_new_resolver("auto_precision", _auto_precision, replace=True)
+# Keys of conf/train.yaml that build nothing (the rest is checked against what it builds).
+TOP_LEVEL = {"seed": int, "train": bool, "test": bool, "ckpt_path": str | None, "task_name": str,
+             "lr_scaling": Literal["none", "sqrt", "linear"]}
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -94,18 +57,65 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
-def _resume_in_place(cfg: DictConfig) -> None:
-    """`ckpt_path=last|PATH`: continue that run in its own folder and W&B run (ldm/resume.py)."""
-    resume = resolve_resume(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
-    if resume is None:
+def _check(cfg: DictConfig, kind: str) -> None:
+    """Config values a run cannot work with, before anything is read or written."""
+    check_values({key: cfg.get(key) for key in TOP_LEVEL}, TOP_LEVEL)
+    if not cfg.train and not cfg.test:
+        raise ConfigError("train=false test=false leaves nothing to do")
+    if not cfg.train and cfg.get("ckpt_path") is None:
+        raise ConfigError("train=false tests a trained checkpoint: pass ckpt_path=PATH (or ckpt_path=last)")
+    if kind == "ldm" and OmegaConf.select(cfg, "data.vae_ckpt") is None:
+        raise ConfigError("model=ldm trains on the VAE latents of an image dataset, but data= replaced the latent data: "
+                          "choose the images with data@data.images=NAME (e.g. data@data.images=fashion_mnist) instead")
+
+
+def _use_checkpoint(cfg: DictConfig, kind: str) -> None:
+    """`ckpt_path=last|PATH`. Training resumes that run in its own folder and W&B run (ldm/resume.py);
+    `train=false` tests it from this run's new folder. Either way its stage is checked first, and an
+    LDM keeps the VAE its checkpoint holds: its UNet was trained on that VAE's latents."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
         return
+    if cfg.train:
+        resume = resolve_resume(ckpt, cfg.paths.log_dir, cfg.task_name, kind)
+        path, run_dir, run_id = resume.ckpt_path, resume.run_dir, resume.wandb_run_id
+    else:
+        path, run_dir, run_id = find_checkpoint(ckpt, cfg.paths.log_dir, cfg.task_name, kind)[0].resolve(), None, None
     with open_dict(cfg):
-        cfg.ckpt_path = str(resume.ckpt_path)
-        if resume.run_dir is not None:
-            cfg.paths.output_dir = str(resume.run_dir)
-        if resume.wandb_run_id and cfg.get("logger") and cfg.logger.get("wandb"):
-            cfg.logger.wandb.run_id = resume.wandb_run_id
-    log.info("Resuming %s in %s (W&B run %s)", resume.ckpt_path, cfg.paths.output_dir, resume.wandb_run_id or "-")
+        cfg.ckpt_path = str(path)
+        if run_dir is not None:
+            cfg.paths.output_dir = str(run_dir)
+        if run_id and cfg.get("logger") and cfg.logger.get("wandb"):
+            cfg.logger.wandb.run_id = run_id
+        if kind == "ldm":
+            _keep_own_vae(cfg, path)
+    log.info("%s %s in %s (W&B run %s)", "Resuming" if cfg.train else "Testing", path, cfg.paths.output_dir, run_id or "-")
+
+
+def _keep_own_vae(cfg: DictConfig, ldm_ckpt: Path) -> None:
+    configured = OmegaConf.select(cfg, "vae_ckpt", throw_on_resolution_failure=False)
+    cfg.vae_ckpt = str(ldm_ckpt)  # load_vae reads the VAE an LDM checkpoint holds
+    try:
+        differs = configured is not None and not _same_weights(load_vae(configured), load_vae(ldm_ckpt))
+    except CheckpointError:
+        differs = True
+    if differs:
+        log.warning("vae_ckpt=%s is not the VAE this LDM was trained on; using the one its checkpoint holds", configured)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _record_config(cfg: DictConfig, output_dir: Path) -> Path:
+    """The run's resolved config: config.yaml, or config-resumed-<time>[_n].yaml beside it (never overwritten)."""
+    stem = "config" if not (output_dir / "config.yaml").exists() else f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 0
+    while (path := output_dir / (f"{stem}.yaml" if n == 0 else f"{stem}_{n}.yaml")).exists():
+        n += 1
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _relaunch_ranks_from(config_file: Path) -> None:
@@ -161,7 +171,7 @@ def scale_lr(cfg: DictConfig, world_size: int, accumulate: int) -> None:
     """
     rule = cfg.get("lr_scaling", "none")
     if rule not in LR_SCALING:
-        raise ValueError(f"lr_scaling={rule!r} is not one of {list(LR_SCALING)}")
+        raise ConfigError(f"lr_scaling={rule!r} is not one of {list(LR_SCALING)}")
     factor = float(world_size * accumulate) ** LR_SCALING[rule]
     if factor != 1.0 and cfg.model.get("optimizer") is not None:
         with open_dict(cfg):
@@ -173,19 +183,19 @@ def scale_lr(cfg: DictConfig, world_size: int, accumulate: int) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; record its best checkpoint for the next stage."""
     env_before = {key: os.environ.get(key) for key in DDP_ENV}
-    _resume_in_place(cfg)
+    kind = getattr(get_class(cfg.model._target_), "KIND", None)
+    _check(cfg, kind)
+    _use_checkpoint(cfg, kind)  # checks the checkpoint's stage before any folder is touched
+    check_config(OmegaConf.to_container(cfg, resolve=True))
     output_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:  # DDP ranks > 0 re-enter here in processes of their own
-        if not cfg.get("ckpt_path") and any((output_dir / "checkpoints").glob("*.ckpt")):
+        if not (cfg.get("ckpt_path") and cfg.train) and any((output_dir / "checkpoints").glob("*.ckpt")):
             raise CheckpointError(
                 f"{output_dir} already holds another run's checkpoints, which this run would overwrite: resume "
                 f"it with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, or pick a new hydra.run.dir"
             )
-        output_dir.mkdir(parents=True, exist_ok=True)
-        resumed = (output_dir / "config.yaml").exists()
-        config_file = output_dir / (f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml" if resumed else "config.yaml")
-        OmegaConf.save(cfg, config_file, resolve=True)  # the run's resolved config
-        if _multirun():
+        config_file = _record_config(cfg, output_dir)
+        if resolvers.multirun():
             _relaunch_ranks_from(config_file)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls (Ampere+ GPUs)
@@ -198,55 +208,77 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     scale_lr(cfg, trainer.world_size, trainer.accumulate_grad_batches)
     model = hydra.utils.instantiate(cfg.model)
+    model.configure_optimizers()  # a bad optimizer or LR-schedule value fails now, not after the data is prepared
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    exit_code = 1
     try:
+        ckpt = cfg.ckpt_path if not cfg.train else None
         if cfg.train:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            with _reported(trainer, "training", cfg.get("ckpt_path")):
+                trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            ckpt = _best_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        ckpt = _best_checkpoint(trainer)
         if cfg.test:
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            with _reported(trainer, "testing", ckpt):
+                trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        if ckpt and trainer.is_global_zero:
+        if cfg.train and ckpt and trainer.is_global_zero:
             record_latest(cfg.paths.registry_dir, cfg.task_name, ckpt, run_dir=str(output_dir), metrics=metrics)
             log.info("Best %s checkpoint: %s (recorded in %s)", cfg.task_name, ckpt, cfg.paths.registry_dir)
+        exit_code = 0
     finally:
-        finish_wandb(loggers)
-        if _multirun():
+        finish_wandb(loggers, exit_code)
+        if resolvers.multirun():
             _end_multirun_job(env_before)
     return metrics
 
 
-def user_error(error: BaseException) -> BaseException | None:
-    """The user-facing cause of `error` (missing data or checkpoint, bad config value), if it is one."""
-    chain, cause = [], error
-    while cause is not None and len(chain) < 8:  # Hydra and OmegaConf wrap what our code raised
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    for cause in chain:
-        if isinstance(cause, (CheckpointError, DatasetNotFoundError, IDXError, CacheError, NonFiniteError)):
-            return cause
-    if isinstance(error, InstantiationException) and isinstance(error.__cause__, ValueError):
-        # A constructor rejected a config value; its message names the value and the valid range,
-        # Hydra's names the config node it was building.
-        key = re.search(r"full_key: (\S+)", str(error))
-        return ValueError(f"{key.group(1)}: {error.__cause__}" if key else str(error.__cause__))
-    return None
+class _reported:
+    """What ends `fit`/`test` early, told as a one-line user error:
+
+    * a SIGTERM (or Ctrl-C, `ldm.cli.handler`): Lightning raises SIGTERMException, a SystemExit
+      with status 0; it becomes `Interrupted`, saying what was saved and how to go on, with exit
+      status 128 + signal;
+    * a checkpoint whose weights do not fit the configured model (a changed model size).
+    """
+
+    def __init__(self, trainer: L.Trainer, stage: str, ckpt_path: str | None) -> None:
+        self.trainer, self.stage, self.ckpt_path = trainer, stage, ckpt_path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> bool:
+        if isinstance(error, RuntimeError) and "Error(s) in loading state_dict" in str(error):
+            raise CheckpointError(
+                f"ckpt_path={self.ckpt_path}: its weights do not fit this model ({str(error).splitlines()[0]} "
+                f"{' '.join(str(error).split())[:300]}): use the config it was trained with (config.yaml in its run folder)"
+            ) from error
+        if not isinstance(error, SIGTERMException):
+            return False
+        signum = handler.stop_signal()
+        name, step = signal.Signals(signum).name, self.trainer.global_step
+        last = next((c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), "")
+        if self.stage == "testing":
+            message = f"Stopped by {name} while testing; training had finished: test again with train=false ckpt_path=PATH"
+        elif step == 0 or not last:
+            message = f"Stopped by {name} before the first checkpoint; nothing to resume: run the command again"
+        else:
+            message = f"Stopped by {name} at step {step}; {last} holds that step: resume with the same command plus ckpt_path={last}"
+        raise Interrupted(message, signum) from None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    except Exception as error:
-        cause = user_error(error)
-        if cause is None:
-            raise  # a bug: keep the traceback
-        log.error("%s", cause)  # one line that names the problem and the fix, no traceback
-        raise SystemExit(1) from None
-    return metrics.get(cfg.get("optimized_metric"))
+def _hydra_main(cfg: DictConfig) -> float | None:
+    metrics = handler.run_task(train, cfg, log)
+    return None if metrics is None else metrics.get(cfg.get("optimized_metric"))
+
+
+def main() -> None:
+    """`python train.py ...`: one-line user errors, exit status 128 + signal when stopped, 1 if a sweep job failed."""
+    handler.main(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from ldm.checkpoints import load_vae  # noqa: E402
 from ldm.data.mnist import MNISTDataModule  # noqa: E402
 from ldm.io import atomic_write  # noqa: E402
-from sample import to_uint8  # noqa: E402
+from ldm.samples import to_uint8  # noqa: E402
 
 
 @torch.no_grad()

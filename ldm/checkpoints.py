@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 import pickle
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ldm.errors import UserError, one_line
 from ldm.io import atomic_write_json
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.classifier import MNISTClassifier
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable, unsafe, or of the wrong kind."""
 
 
@@ -33,20 +33,22 @@ def record_latest(registry_dir: str | Path, stage: str, ckpt_path: str | Path, *
     return atomic_write_json(Path(registry_dir) / f"{stage}.json", entry)
 
 
-def find_latest(registry_dir: str | Path, stage: str) -> Path:
-    """The checkpoint the last finished `stage` run recorded, or a clear error."""
+def find_latest(registry_dir: str | Path, stage: str, key: str | None = None) -> Path:
+    """The checkpoint the last finished `stage` run recorded, or a clear error naming the config
+    `key` that takes a path instead (default `<stage>_ckpt`)."""
+    key = key or f"{stage}_ckpt"
     entry_path = Path(registry_dir) / f"{stage}.json"
     if not entry_path.is_file():
         raise CheckpointError(
             f"No {stage} checkpoint recorded in {entry_path}: train one first "
-            f"(python train.py model={stage}) or pass its path explicitly ({stage}_ckpt=PATH)"
+            f"(python train.py model={stage}) or pass its path explicitly ({key}=PATH)"
         )
     try:
         ckpt = Path(json.loads(entry_path.read_text())["ckpt_path"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{entry_path} is corrupt ({e}): delete it and retrain, or pass {stage}_ckpt=PATH") from e
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise CheckpointError(f"{entry_path} is corrupt ({e}): delete it and retrain, or pass {key}=PATH") from e
     if not ckpt.is_file():
-        raise CheckpointError(f"{entry_path} points at {ckpt}, which no longer exists: pass {stage}_ckpt=PATH")
+        raise CheckpointError(f"{entry_path} points at {ckpt}, which no longer exists: pass {key}=PATH")
     return ckpt
 
 
@@ -58,16 +60,29 @@ def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        # An object to import ("Unsupported global: GLOBAL os.system", "unsupported GLOBAL posix.system"):
+        # unsafe. Random bytes fail too ("Unsupported operand 142"): not a checkpoint at all.
+        culprit = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        if not culprit:
+            reason = next((line.strip() for line in str(e).splitlines() if line.startswith("Unsupported")), "")
+            raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason or 'not a pickle'}); use "
+                                  "another checkpoint") from e
         raise CheckpointError(
             f"Refusing to load {path}: it holds objects other than tensors and plain values, "
             f"which could run code when unpickled. {culprit}"
         ) from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({e}); use another checkpoint") from e
-    found = checkpoint.get("ldm", {}).get("kind") if isinstance(checkpoint, dict) else None
-    if found is None or (kind is not None and found != kind):
-        raise CheckpointError(f"{path} is a {found or 'non-ldm'} checkpoint, but a {kind or 'ldm'} checkpoint is needed")
+    except Exception as e:  # zero bytes, text, random bytes, a truncated zip: torch raises almost anything
+        reason = one_line(f"{type(e).__name__}: {e}")[:200]
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason}); use another checkpoint") from e
+    info = checkpoint.get("ldm") if isinstance(checkpoint, dict) else None
+    found = info.get("kind") if isinstance(info, dict) else None
+    if found is None:
+        raise CheckpointError(f"{path} was not written by an ldm training run (no ldm record); use a checkpoint from "
+                              f"logs/<stage>/runs/*/checkpoints/")
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{path} is a {found} checkpoint, but a {kind} checkpoint is needed")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} has no weights (state_dict); use another checkpoint")
     return checkpoint
 
 
@@ -76,24 +91,29 @@ def checkpoint_kind(path: str | Path) -> str:
     return load_checkpoint(path, None)["ldm"]["kind"]
 
 
-def _load_network(path: str | Path, kind: str, build: Callable[..., nn.Module]) -> nn.Module:
-    """Rebuild the network `kind` from its recorded config and its `<kind>.` weights (eval mode)."""
-    checkpoint = load_checkpoint(path, kind)
-    network = build(**checkpoint["ldm"][f"{kind}_config"])
-    prefix = f"{kind}."
+def _load_network(path: str | Path, network: str, build: Callable[..., nn.Module], kinds: tuple[str, ...]) -> nn.Module:
+    """Rebuild `network` ("vae", ...) from its recorded config and its `<network>.` weights (eval
+    mode), from a checkpoint written by one of the systems `kinds`."""
+    checkpoint = load_checkpoint(path, None)
+    if checkpoint["ldm"]["kind"] not in kinds:
+        raise CheckpointError(f"{path} is a {checkpoint['ldm']['kind']} checkpoint, but a {' or '.join(kinds)} "
+                              f"checkpoint is needed")
+    prefix = f"{network}."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     try:
-        network.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: the {kind} weights do not match its recorded config ({e})") from e
-    return network.eval()
+        built = build(**checkpoint["ldm"][f"{network}_config"])
+        built.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its {network} weights do not match its recorded config ({e})") from e
+    return built.eval()
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
-    """Rebuild the VAE a `VAEModule` checkpoint was trained with, weights included (eval mode)."""
-    return _load_network(path, "vae", AutoencoderKL)
+    """Rebuild the VAE a `VAEModule` checkpoint was trained with, or the one an LDM checkpoint holds
+    (the VAE its latents came from), weights included (eval mode)."""
+    return _load_network(path, "vae", AutoencoderKL, ("vae", "ldm"))
 
 
 def load_classifier(path: str | Path) -> MNISTClassifier:
     """Rebuild the classifier a `ClassifierModule` checkpoint was trained with (eval mode)."""
-    return _load_network(path, "classifier", MNISTClassifier)
+    return _load_network(path, "classifier", MNISTClassifier, ("classifier",))

@@ -26,10 +26,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ldm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """Training met a NaN/Inf loss or gradient; the message says where and how to go on."""
 
 

@@ -3,25 +3,75 @@
 Everything the framework writes for later runs to read (checkpoint pointers, latent caches,
 samples) goes to a temporary file in the same directory, is flushed to disk, and is then
 renamed over the target: POSIX rename is atomic, so readers see the old file or the new one.
+A write that fails (a full disk, a quota, a read-only folder) raises `WriteError`, a one-line
+user error that names the file and the free space, and leaves the previous file untouched.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from ldm.errors import UserError
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, fsync, then rename tmp_path to `path`. Returns `path`."""
+
+class WriteError(UserError, OSError):
+    """A file could not be written (disk full, quota, permissions); nothing partial was left."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_LOW = 1 << 20  # bytes: a failed write with less than this free is a full disk
+
+
+def _is_write_failure(error: BaseException, free: int | None) -> bool:
+    """OSErrors, and the RuntimeError torch.save's zip writer raises for a full disk
+    ("[enforce fail at inline_container.cc] unexpected pos ...", "file write failed")."""
+    if isinstance(error, OSError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("inline_container" in message or "write" in message
+                                                or (free is not None and free < _LOW))
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _write_error(path: Path, error: BaseException, free: int | None, hint: str) -> WriteError:
+    full = getattr(error, "errno", None) in _FULL or (free is not None and free < _LOW)
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if full:
+        where = f"the disk holding {path.parent} is full ({free / 2**20:.1f} MiB free)" if free is not None else "the disk is full"
+        advice = f"free some space{' or ' + hint if hint else ''}, then run again"
+    else:
+        where, advice = reason, hint or "check that the folder is writable"
+    return WriteError(f"Could not write {path}: {where}; nothing was written there (an older file is untouched). "
+                      f"{advice[0].upper()}{advice[1:]}")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], hint: str = "") -> Path:
+    """Call `write(tmp_path)`, fsync, then rename tmp_path to `path`. Returns `path`.
+
+    A failed write raises `WriteError` (its message ends with `hint`, e.g. another folder to use);
+    an interrupt (a signal, Ctrl-C) propagates as it is. Either way the temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e, _free_bytes(path.parent) if path.parent.is_dir() else None, hint) from e
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -32,6 +82,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except Exception as e:
+        free = _free_bytes(path.parent)  # before the temp file is deleted: that is when the disk is full
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(e, WriteError) or not _is_write_failure(e, free):
+            raise  # already explained, or a bug in `write`
+        raise _write_error(path, e, free, hint) from e
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -1,21 +1,32 @@
-"""Experiment loggers that never block a run.
+"""Experiment loggers that never block a run and never delete what was logged.
 
 `wandb_logger` goes offline by itself when there is no API key or no route to the W&B server,
 so a laptop on a train or a cluster node without internet still trains and keeps a local run
 directory (`wandb sync` uploads it later). An explicit `WANDB_MODE` always wins.
+
+`CSVLogger` appends to an existing `metrics.csv` (Lightning's deletes it when a resumed run
+creates its writer, so every resume lost the run's history) and writes each resume's
+hyperparameters beside the first ones; every write is atomic.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
 import socket
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
+import lightning.pytorch.loggers as pl_loggers
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+
+from ldm.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +88,75 @@ def wandb_logger(
     )
 
 
-def finish_wandb(loggers: Sequence[object]) -> None:
-    """Close the W&B run so the next job of a multirun starts its own (Lightning leaves it open)."""
+def finish_wandb(loggers: Sequence[object], exit_code: int = 0) -> None:
+    """Close the W&B run so the next job of a multirun starts its own (Lightning leaves it open);
+    a non-zero `exit_code` marks it failed rather than finished."""
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=exit_code)
+
+
+class CSVWriter:
+    """`metrics.csv` and `hparams.yaml` in `log_dir`, appended to across resumes (see the module docstring).
+
+    Rows logged after the last checkpoint of an interrupted attempt stay in the file; the resumed
+    attempt logs those steps again after them.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_file_path = str(self.log_dir / "metrics.csv")
+        self.metrics: list[dict[str, Any]] = []  # rows not yet on disk
+        self.hparams: dict[str, Any] = {}
+        self.hparams_file = self._free_name("hparams")  # hparams.yaml, or hparams-resumed-<n>.yaml beside it
+
+    def _free_name(self, stem: str) -> Path:
+        n = 0
+        while (path := self.log_dir / (f"{stem}.yaml" if n == 0 else f"{stem}-resumed-{n}.yaml")).exists():
+            n += 1
+        return path
+
+    def log_metrics(self, metrics: dict[str, float | Tensor], step: int | None = None) -> None:
+        row = {k: v.item() if isinstance(v, Tensor) else v for k, v in metrics.items()}
+        row["step"] = len(self.metrics) if step is None else step
+        self.metrics.append(row)
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        path = Path(self.metrics_file_path)
+        rows: list[dict[str, Any]] = []
+        keys: set[str] = set()
+        if path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                rows, keys = list(reader), set(reader.fieldnames or ())
+        rows += self.metrics
+        keys = sorted(keys.union(*self.metrics))
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(path, write)
+        self.metrics = []
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        self.hparams.update(params)
+        atomic_write(self.hparams_file, lambda tmp: save_hparams_to_yaml(tmp, self.hparams))
+
+
+class CSVLogger(pl_loggers.CSVLogger):
+    """Lightning's CSVLogger with `CSVWriter`: a resumed run appends, nothing is deleted."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> CSVWriter:
+        if getattr(self, "_writer", None) is None:
+            self._writer = CSVWriter(self.log_dir)
+        return self._writer

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import zipfile
 import warnings
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ldm.io import atomic_write, update_hash
+from ldm.io import WriteError, atomic_write, update_hash
 from ldm.models.classifier import MNISTClassifier
 
 log = logging.getLogger(__name__)
@@ -99,8 +97,22 @@ def reference_features(images: Tensor, extractor: ClassifierFeatures, batch_size
     return extract(images, extractor, batch_size)[0]
 
 
-# What torch.load and the entry lookup raise for a truncated, corrupt or foreign file.
-_UNREADABLE = (OSError, RuntimeError, EOFError, LookupError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile)
+def _features_hash(features: Tensor) -> str:
+    return update_hash(hashlib.sha256(), {"features": features}).hexdigest()
+
+
+def _load_cached(path: Path, key: str) -> Tensor | None:
+    """The features stored in `path` for `key`, if the file is whole; None (and a warning) otherwise."""
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        features = entry["features"]
+        if entry["key"] == key and entry["sha256"] == _features_hash(features):
+            return features
+        problem = "its features do not match their checksum" if entry["key"] == key else "it was made for other inputs"
+    except Exception as e:  # truncated, foreign, an older format without a checksum: torch raises almost anything
+        problem = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    log.warning("Rebuilding the feature cache %s (%s)", path, problem)
+    return None
 
 
 def cached_reference_features(
@@ -109,20 +121,22 @@ def cached_reference_features(
     """`reference_features`, computed once per (classifier weights, images) and kept in `cache_dir`.
 
     The file name is a hash of both, so retraining the classifier or changing the real set makes
-    a new entry instead of silently reusing stale features.
+    a new entry instead of silently reusing stale features. The entry also holds a sha256 of the
+    features, checked on every load: a corrupted file is rebuilt (with a warning), never used. A
+    read-only cache folder is fine: a valid entry is read, and a missing one that cannot be written
+    is only a warning (the features are computed for this run).
     """
     key = update_hash(hashlib.sha256(), {**extractor.classifier.state_dict(), "<images>": images}).hexdigest()
     path = Path(cache_dir) / f"features-{key[:20]}.pt"
-    if path.is_file():
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            if entry["key"] == key:
-                return entry["features"]
-        except _UNREADABLE as e:  # truncated or foreign: rebuild it
-            log.warning("Ignoring unreadable feature cache %s (%s)", path, e)
+    if path.is_file() and (features := _load_cached(path, key)) is not None:
+        return features
     log.info("Computing reference features of %d images into %s", len(images), path)
     features = reference_features(images, extractor, batch_size)
-    atomic_write(path, lambda tmp: torch.save({"key": key, "features": features}, tmp))
+    entry = {"key": key, "features": features, "sha256": _features_hash(features)}
+    try:
+        atomic_write(path, lambda tmp: torch.save(entry, tmp))
+    except WriteError as e:
+        log.warning("Not caching the reference features (%s); going on without the cache", e)
     return features
 
 
@@ -217,6 +231,8 @@ def conditional_accuracy(
 
 
 def _accuracy(logits: Tensor, labels: Tensor) -> float:
+    if labels.shape != (len(logits),):  # (N, 1) or (1,) would broadcast into a meaningless number
+        raise ValueError(f"labels must have shape ({len(logits)},), one class per sample, got {tuple(labels.shape)}")
     return float((logits.argmax(dim=1) == labels.cpu().long()).float().mean())
 
 

@@ -4,13 +4,15 @@
   folder, fsyncs it and renames it over the target (`ldm.io.atomic_write`): a kill or a full disk
   leaves the previous checkpoint, never a truncated one. (Lightning's default stages the file in
   the system temp folder and *copies* it when that is another filesystem.)
-* `LastCheckpoint` keeps `last.ckpt` current: every N steps, at every epoch end and when training
-  ends. (Lightning 2.6's `save_last` refreshes it only when a top-k checkpoint was also written,
-  so once the monitored metric stops improving `last.ckpt` silently falls behind.)
+* `LastCheckpoint` keeps `last.ckpt` current: every N steps, at every epoch end, when training
+  ends, and when a SIGTERM (or Ctrl-C, see `ldm.cli.handler`) stops the run after a step.
+  (Lightning 2.6's `save_last` refreshes it only when a top-k checkpoint was also written, so
+  once the monitored metric stops improving `last.ckpt` silently falls behind.)
 * `RememberWandbRun` stores the W&B run id in each checkpoint, so a resumed run continues the
   same W&B run instead of starting a new one.
 * `resolve_resume` turns `ckpt_path=last` (the newest `last.ckpt` of this task) or a path into the
-  checkpoint, the run folder it belongs to (the resumed run keeps writing there) and the run id.
+  checkpoint, the run folder it belongs to (the resumed run keeps writing there) and the run id,
+  after checking that the checkpoint is a training checkpoint of the stage being resumed.
 
 What a checkpoint restores: weights, EMA weights, optimizer, LR schedule, global step and epoch
 (Lightning); the position inside the epoch (`ldm.data.loader.TensorLoader`); and every random
@@ -29,6 +31,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm.checkpoints import CheckpointError, load_checkpoint
 from ldm.io import atomic_write
@@ -63,6 +66,12 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._refresh(trainer)  # max_steps or a stop request mid-epoch
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException only between steps, so the state is whole. Any other
+        # exception may have struck mid-step, and the previous last.ckpt is the one to keep.
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            self._refresh(trainer)
+
 
 class RememberWandbRun(L.Callback):
     """Put the W&B run id into every checkpoint (key `wandb_run_id`)."""
@@ -91,17 +100,28 @@ def newest_last_checkpoint(log_dir: str | Path, task_name: str) -> Path:
     return candidates[-1]
 
 
-def resolve_resume(ckpt_path: str | None, log_dir: str | Path, task_name: str) -> Resume | None:
-    """What `ckpt_path` (None, "last" or a path) resumes; a clear error if there is nothing to resume."""
-    if ckpt_path is None:
-        return None
-    path = newest_last_checkpoint(log_dir, task_name) if ckpt_path == "last" else Path(ckpt_path)
+def find_checkpoint(ckpt_path: str, log_dir: str | Path, task_name: str, kind: str | None) -> tuple[Path, dict[str, Any]]:
+    """`ckpt_path` ("last" or a path) as a file and its safely loaded contents, of `kind` if given."""
+    path = newest_last_checkpoint(log_dir, task_name) if ckpt_path == "last" else Path(ckpt_path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path}: {path} does not exist; pass an existing checkpoint or ckpt_path=last")
     try:
         checkpoint = load_checkpoint(path, None)  # safe load: truncated, unsafe or foreign files refused
     except CheckpointError as e:
-        raise CheckpointError(f"ckpt_path={ckpt_path} cannot be resumed: {e}") from e
+        raise CheckpointError(f"ckpt_path={ckpt_path} cannot be used: {e}") from e
+    found = checkpoint["ldm"]["kind"]
+    if kind is not None and found != kind:
+        raise CheckpointError(f"ckpt_path={ckpt_path} is a {found} checkpoint, but this is a {kind} run: pass a {kind} "
+                              f"checkpoint, or resume it with model={found}")
+    return path, checkpoint
+
+
+def resolve_resume(ckpt_path: str | None, log_dir: str | Path, task_name: str, kind: str | None = None) -> Resume | None:
+    """What `ckpt_path` (None, "last" or a path) resumes; a clear error, before anything is written,
+    if it is missing, unreadable, of another stage's `kind`, or not a training checkpoint."""
+    if ckpt_path is None:
+        return None
+    path, checkpoint = find_checkpoint(ckpt_path, log_dir, task_name, kind)
     if "loops" not in checkpoint:
         raise CheckpointError(f"ckpt_path={ckpt_path}: {path} is not a training checkpoint (no loop state) and cannot be resumed")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() else None

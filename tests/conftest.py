@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,18 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_mnist(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """`small_fs(size)`: a real, size-limited filesystem (`mounts.tmpfs`) that fills up for real,
+    unmounted at teardown; skips where mounting is not allowed (not root)."""
+    import contextlib
+
+    from mounts import tmpfs
+
+    with contextlib.ExitStack() as stack:
+        yield lambda size="2m", name="small": stack.enter_context(tmpfs(tmp_path / name, size))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -63,7 +74,9 @@ def compose_cfg(tmp_path: Path, data_dir: Path, overrides: list[str] = (), run: 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import train  # noqa: F401  (registers the config resolvers)
+    from ldm.cli.resolvers import register
+
+    register()
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

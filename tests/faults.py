@@ -1,6 +1,8 @@
 """Faults to inject into a training run from the command line (tests only):
 
     python train.py ... +callbacks.kill._target_=faults.KillAtStep +callbacks.kill.step=11
+
+Each produces the real fault in the real process: a real signal, a really full filesystem.
 """
 
 from __future__ import annotations
@@ -21,6 +23,44 @@ class KillAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(L.Callback):
+    """Send `signum` (default SIGTERM) to this process once `step` optimizer steps are done, as a
+    scheduler would; the process handles it as it handles any other delivery of that signal."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+class FillDiskAt(L.Callback):
+    """Fill the filesystem holding `folder` with a ballast file once `step` optimizer steps are done,
+    so that the next write there meets a real ENOSPC."""
+
+    def __init__(self, step: int, folder: str) -> None:
+        self.step, self.folder, self.done = step, folder, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self.done:
+            self.done = True
+            fill_disk(self.folder)
+
+
+def fill_disk(folder: str | os.PathLike) -> str:
+    """Write `<folder>/ballast` until the filesystem is full; returns its path."""
+    path = os.path.join(folder, "ballast")
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing left to flush at close
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return path
 
 
 class NaNBatchAt(L.Callback):

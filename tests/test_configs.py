@@ -69,7 +69,7 @@ def test_data_dir_defaults_to_environment(tmp_path: Path, monkeypatch: pytest.Mo
 def test_default_precision_is_bf16_only_on_a_cuda_gpu(monkeypatch) -> None:
     import torch
 
-    from train import _auto_precision
+    from ldm.cli.resolvers import auto_precision as _auto_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)

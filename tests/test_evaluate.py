@@ -1,13 +1,21 @@
-"""evaluate.py end to end on tiny data: table + JSON with the documented keys; clear errors."""
+"""evaluate.py end to end on tiny data: table + JSON with the documented keys; one-line errors for
+bad samples files, labels, k and an unwritable JSON path (the table is printed first)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, fake_digits, save_vae_checkpoint
+from ldm.checkpoints import CheckpointError
+from ldm.errors import ConfigError
+from ldm.io import WriteError
+from ldm.samples import SamplesError
 from test_classifier import save_classifier_checkpoint
 
 KEYS = {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall"}
@@ -18,8 +26,9 @@ def _compose(overrides: list[str]):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    import train  # noqa: F401  (registers resolvers)
+    from ldm.cli.resolvers import register
 
+    register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
@@ -59,7 +68,60 @@ def test_bad_samples_file_is_a_clear_error(tmp_path: Path, mnist_dir: Path) -> N
     from evaluate import evaluate
 
     np.savez(tmp_path / "wrong.npz", pictures=np.zeros((2, 28, 28), np.uint8))
-    with pytest.raises(KeyError, match="no `images` array"):
+    with pytest.raises(SamplesError, match="no `images` array"):
         evaluate(_compose([f"samples={tmp_path / 'wrong.npz'}", *_base(tmp_path, mnist_dir)]))
-    with pytest.raises(FileNotFoundError, match="python sample.py"):
+    with pytest.raises(SamplesError, match="python sample.py"):
         evaluate(_compose([f"samples={tmp_path / 'missing.npz'}", *_base(tmp_path, mnist_dir)]))
+    np.savez(tmp_path / "ok.npz", images=fake_digits(8, seed=3)[0])
+    with pytest.raises(CheckpointError, match=r"\(classifier_ckpt=PATH\)"):
+        evaluate(_compose([f"samples={tmp_path / 'ok.npz'}", *_base(tmp_path, mnist_dir), "classifier_ckpt=null",
+                           f"registry_dir={tmp_path / 'empty'}"]))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros((50, 1), np.int64), r"shape \(50,\)"),  # used to broadcast into a (50, 50) comparison
+    (np.zeros(1, np.int64), r"shape \(50,\)"),
+    (np.full(50, 10, np.int64), r"class ids in 0\.\.9"),
+])
+def test_labels_must_be_one_class_id_per_sample(tmp_path: Path, mnist_dir: Path, labels, message: str) -> None:
+    from evaluate import evaluate
+
+    np.savez(tmp_path / "samples.npz", images=fake_digits(50, seed=3)[0], labels=labels)
+    with pytest.raises(SamplesError, match=message):
+        evaluate(_compose([f"samples={tmp_path / 'samples.npz'}", *_base(tmp_path, mnist_dir)]))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("k", [0, -1, 50])
+def test_k_must_be_between_1_and_the_number_of_samples(tmp_path: Path, mnist_dir: Path, k: int) -> None:
+    from evaluate import evaluate
+
+    np.savez(tmp_path / "samples.npz", images=fake_digits(50, seed=3)[0])  # k=0 gave precision = recall = 0
+    with pytest.raises(ConfigError, match=f"k={k} must be >= 1"):
+        evaluate(_compose([f"samples={tmp_path / 'samples.npz'}", f"k={k}", *_base(tmp_path, mnist_dir)]))
+
+
+def test_a_failed_json_write_keeps_the_numbers_on_screen(tmp_path: Path, mnist_dir: Path, capsys) -> None:
+    from evaluate import evaluate
+
+    np.savez(tmp_path / "samples.npz", images=fake_digits(20, seed=3)[0])
+    base = [f"samples={tmp_path / 'samples.npz'}", "floor=false", *_base(tmp_path, mnist_dir)]
+    with pytest.raises(ConfigError, match="json=.* is a folder"):  # known before any work
+        evaluate(_compose([*base, f"json={tmp_path}"]))
+    (tmp_path / "a_file").write_text("")  # a real write failure: a folder that cannot be made
+    with pytest.raises(WriteError, match="Pass json=PATH") as error:
+        evaluate(_compose([*base, f"json={tmp_path / 'a_file' / 'metrics.json'}"]))
+    assert "\n" not in str(error.value)
+    printed = capsys.readouterr().out
+    assert "fid" in printed and "precision" in printed  # the table came before the failed write
+
+
+def test_one_line_error_and_exit_status_from_the_command_line(tmp_path: Path) -> None:
+    """The wiring of `python evaluate.py`: real garbage bytes as samples are one log line, exit status 1."""
+    (tmp_path / "samples.npz").write_bytes(np.random.default_rng(0).bytes(1000))
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"samples={tmp_path / 'samples.npz'}",
+                           "device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output and f"samples={tmp_path / 'samples.npz'} is not an .npz" in output

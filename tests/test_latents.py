@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from conftest import N_TEST, N_TRAIN, save_vae_checkpoint
 from ldm.data import latents as latents_module
-from ldm.data.latents import LatentDataModule
+from ldm.data.latents import CacheError, LatentDataModule
 from ldm.data.mnist import MNISTDataModule
 
 
@@ -65,9 +66,43 @@ def test_rebuilt_when_truncated_or_corrupt(mnist_dir: Path, vae_ckpt: Path, tmp_
     (path,) = (tmp_path / "cache").glob("latents-*.pt")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
-    path.write_bytes(b"garbage")
-    assert _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
+    for garbage in (b"garbage", b"", os.urandom(4096)):
+        path.write_bytes(garbage)
+        assert _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
     assert not _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
+
+
+def test_zeroed_bytes_inside_the_tensors_are_caught_and_rebuilt(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, caplog) -> None:
+    """16 KiB zeroed in the middle of the file: torch.load reads it without complaint (the zip
+    entries are stored, not checksummed on load), so only the payload's sha256 tells."""
+    good = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
+    (path,) = (tmp_path / "cache").glob("latents-*.pt")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16384] = bytes(16384)
+    path.write_bytes(bytes(data))
+    loaded = torch.load(path, weights_only=True)["splits"]  # the corruption is silent to torch
+    assert any(not torch.equal(loaded[s][k], good.splits[s].tensors[k].cpu()) for s in loaded for k in loaded[s])
+    rebuilt = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
+    assert rebuilt.encoded and "do not match their recorded sha256" in caplog.text
+    torch.testing.assert_close(rebuilt.splits["train"].tensors["mean"], good.splits["train"].tensors["mean"])
+
+
+def test_a_valid_cache_in_a_read_only_folder_is_used(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, small_fs) -> None:
+    """A real read-only filesystem (tmpfs remounted ro): no lock file can be made, the cache is read as it is;
+    a cache that would need building says which folder to set."""
+    from mounts import remount
+
+    folder = small_fs("8m")
+    first = _datamodule(mnist_dir, vae_ckpt, folder / "cache")
+    for lock in (folder / "cache").glob("*.lock"):
+        lock.unlink()
+    remount(folder, "ro")
+    again = _datamodule(mnist_dir, vae_ckpt, folder / "cache")
+    assert not again.encoded
+    torch.testing.assert_close(again.splits["train"].tensors["mean"], first.splits["train"].tensors["mean"])
+    with pytest.raises(CacheError, match=r"No latent cache for this VAE in .* not writable .*set paths.cache_dir"):
+        _datamodule(mnist_dir, save_vae_checkpoint(tmp_path / "other.ckpt", seed=3), folder / "cache")
 
 
 def test_served_latents_are_normalised_and_resampled(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +18,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from conftest import fake_digits
+from mounts import remount, tmpfs
 from ldm.metrics import (
     ClassifierFeatures, cached_reference_features, conditional_accuracy, extract, frechet_distance,
     inception_score, kernel_distance, precision_recall, real_floor, reference_features, sample_metrics,
@@ -149,6 +153,8 @@ def test_conditional_accuracy(extractor: ClassifierFeatures) -> None:
     assert conditional_accuracy(images, predicted, extractor) == 1.0
     assert conditional_accuracy(images, (predicted + 1) % 10, extractor) == 0.0
     assert conditional_accuracy(images, labels, extractor, batch_size=100) > 0.9  # it learned the fake digits
+    with pytest.raises(ValueError, match=r"labels must have shape \(512,\)"):  # (N, 1) broadcast to (N, N)
+        conditional_accuracy(images, predicted[:, None], extractor)
 
 
 def test_reference_features_are_cached_per_classifier_and_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,6 +186,63 @@ def test_reference_features_are_cached_per_classifier_and_images(tmp_path: Path,
     calls.clear()
     assert cached_reference_features(images, extractor, tmp_path).shape == (64, 16) and calls
     assert torch.load(entry, weights_only=True)["features"].shape == (64, 16)
+
+
+def _corrupt_features(path: Path) -> None:
+    """Flip bytes of the stored features in place, as a bad sector would: the file still loads."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))  # the one storage, uncompressed
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + 40
+    raw[start : start + 8] = bytes(b ^ 0x5A for b in raw[start : start + 8])
+    path.write_bytes(raw)
+
+
+def _counting_extractor(monkeypatch: pytest.MonkeyPatch) -> tuple[ClassifierFeatures, list[int]]:
+    torch.manual_seed(0)
+    classifier = MNISTClassifier(width=8, feature_dim=16).eval()
+    calls: list[int] = []
+    features = classifier.features
+    monkeypatch.setattr(classifier, "features", lambda x: calls.append(len(x)) or features(x))
+    return ClassifierFeatures(classifier), calls
+
+
+def test_corrupted_feature_cache_is_rebuilt_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    extractor, calls = _counting_extractor(monkeypatch)
+    images = _digits(0)[0][:64]
+    first = cached_reference_features(images, extractor, tmp_path)
+    (entry,) = tmp_path.glob("features-*.pt")
+    _corrupt_features(entry)
+    stored = torch.load(entry, weights_only=True)["features"]  # torch itself loads it without a word
+    assert stored.shape == first.shape and not torch.equal(stored, first)
+
+    calls.clear()
+    with caplog.at_level(logging.WARNING, logger="ldm.metrics"):
+        again = cached_reference_features(images, extractor, tmp_path)
+    assert torch.equal(again, first) and calls and "do not match their checksum" in caplog.text
+    assert torch.equal(torch.load(entry, weights_only=True)["features"], first)  # rebuilt on disk too
+
+
+def test_a_read_only_cache_is_read_and_a_missing_entry_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A real read-only folder (a tmpfs remounted ro; chmod does not stop root)."""
+    extractor, calls = _counting_extractor(monkeypatch)
+    images = _digits(0)[0][:64]
+    with tmpfs(tmp_path / "cache", "1m") as cache:
+        valid = cached_reference_features(images[:32], extractor, cache)
+        before = set(cache.glob("features-*.pt"))
+        broken = cached_reference_features(images, extractor, cache)
+        (entry,) = set(cache.glob("features-*.pt")) - before
+        _corrupt_features(entry)
+        remount(cache, "ro")
+        calls.clear()
+        assert torch.equal(cached_reference_features(images[:32], extractor, cache), valid) and not calls
+        with caplog.at_level(logging.WARNING, logger="ldm.metrics"):
+            assert torch.equal(cached_reference_features(images, extractor, cache), broken) and calls
+            assert cached_reference_features(images[:16], extractor, cache).shape == (16, 16)
+        assert caplog.text.count("Not caching the reference features") == 2
 
 
 def test_sample_metrics_and_the_real_floor(extractor: ClassifierFeatures) -> None:

@@ -1,9 +1,16 @@
-"""sample.py end to end on tiny checkpoints: files, keys, shapes, dtypes, seeds, wrong kinds."""
+"""sample.py end to end on tiny checkpoints: files, keys, shapes, dtypes, seeds, wrong kinds; bad
+values as one-line errors; sampling in parts that survive SIGTERM and a full disk (ldm/sampling.py)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +19,9 @@ import pytest
 import torch
 
 from conftest import ROOT, save_vae_checkpoint
+from mounts import remount, tmpfs
 from ldm.checkpoints import CheckpointError, record_latest
+from ldm.io import WriteError
 from ldm.diffusion import DDIMSampler, EpsilonPrediction, NoiseSchedule, linear
 from ldm.models.unet import UNet
 from ldm.systems.latent_diffusion import LatentDiffusionModule
@@ -22,8 +31,9 @@ def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import train  # noqa: F401  (registers resolvers)
+    from ldm.cli.resolvers import register
 
+    register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("sample", overrides=overrides)
@@ -81,3 +91,119 @@ def test_wrong_checkpoint_kind_and_bad_values(checkpoints, tmp_path: Path) -> No
         run(_compose([f"ckpt={checkpoints['vae']}", "num_samples=0", f"out={tmp_path}"]))
     with pytest.raises(ValueError, match="num_steps=500"):
         run(_compose([f"ckpt={checkpoints['ldm']}", "steps=500", f"out={tmp_path}", "device=cpu"]))
+
+
+def _cli(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("num_samples=0", "num_samples"), ("seed=abc", "seed"), ("seed=-1", "seed"), ("batch_size=0", "batch_size"),
+    ("labels=[1.7,2.9]", "labels"),  # was truncated to [1, 2]
+    ("labels=[]", "labels"), ("bf16=1", "bf16"), ("trajectory=yes", "trajectory"), ("grid_size=-1", "grid_size"),
+    ("guidance=-1", "guidance"), ("compile=fast", "compile"), ("device=gpu0", "device"), ("steps=500", "steps"),
+    ("steps=2.5", "steps"), ("eta=-1", "eta"), ("ckpt=missing.ckpt", "ckpt"), ("out=[a]", "out"),
+])
+def test_bad_values_are_config_errors_naming_the_key(checkpoints, tmp_path: Path, override: str, key: str) -> None:
+    from sample import run
+
+    from ldm.cli.handler import user_error
+
+    with pytest.raises(Exception) as error:  # a ConfigError, or Hydra's around a sampler's ValueError
+        run(_compose([f"ckpt={checkpoints['ldm']}", f"out={tmp_path}", "device=cpu", override]))
+    found = user_error(error.value)  # what `python sample.py` prints, as one line (exit status 1)
+    assert found is not None and key in str(found) and "\n" not in str(found), error.value
+    assert not (tmp_path / "samples.npz").exists()
+
+
+def test_no_recorded_ldm_says_ckpt_and_registry_follows_paths(tmp_path: Path) -> None:
+    from sample import run
+
+    cfg = _compose([f"paths.root_dir={tmp_path}", f"out={tmp_path / 'out'}"])
+    assert cfg.registry_dir == f"{tmp_path}/logs/latest"  # was ${cwd:}/logs/latest whatever paths said
+    with pytest.raises(CheckpointError, match=r"\(ckpt=PATH\)"):
+        run(cfg)
+
+
+def test_one_line_error_and_exit_status_from_the_command_line(checkpoints, tmp_path: Path) -> None:
+    """The wiring of `python sample.py`: a user error is one log line naming the key, exit status 1."""
+    proc = _cli([f"ckpt={checkpoints['ldm']}", "labels=[1.7,2.9]", f"out={tmp_path / 'out'}"], tmp_path)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output and "labels=[1.7, 2.9] must be a list of ints" in output
+
+
+def test_each_batch_is_on_disk_before_the_next_is_drawn(checkpoints, tmp_path: Path, monkeypatch) -> None:
+    """Bounded memory: batches go to <out>/.parts as they are made; labels are made per batch too."""
+    from ldm import sampling
+    from sample import run
+
+    on_disk, write = [], sampling.Parts.write
+    monkeypatch.setattr(sampling.Parts, "write", lambda self, i, *a: on_disk.append(
+        len(list(self.folder.glob("part-*.npz")))) or write(self, i, *a))
+    out = tmp_path / "out"
+    run(_compose([f"ckpt={checkpoints['ldm']}", "num_samples=7", "batch_size=3", f"out={out}", "device=cpu", "steps=2"]))
+    assert on_disk == [0, 1, 2] and not (out / ".parts").exists()
+    assert sampling.batch_labels(None, 10, 12, 4).tolist() == [2, 3, 4, 5]
+    assert sampling.batch_labels([1, 9, 2], 10, 1, 5).tolist() == [9, 2] and sampling.batch_labels(None, None, 0, 3) is None
+
+
+def test_sigterm_mid_run_then_the_same_command_continues(checkpoints, tmp_path: Path, caplog) -> None:
+    """A real SIGTERM to a real `python sample.py`: one line, exit 143, the finished batches kept; the
+    same command then draws only the rest, and the result equals an uninterrupted run's."""
+    from sample import run
+
+    args = [f"ckpt={checkpoints['ldm']}", "num_samples=24", "batch_size=4", "steps=20", "device=cpu", "grid_size=8"]
+    out = tmp_path / "out"
+    proc = _cli([*args, f"out={out}"], tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".parts" / "part-000001.npz").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output and "Stopped by SIGTERM" in output and "the same command continues" in output
+    kept = len(list((out / ".parts").glob("part-*.npz")))
+    assert 2 <= kept < 6 and not (out / "samples.npz").exists() and not list((out / ".parts").glob(".*.tmp"))
+
+    with caplog.at_level(logging.INFO, logger="ldm.sampling"):
+        resumed = np.load(run(_compose([*args, f"out={out}"])))
+    assert f"Continuing: {kept} of 6 batches" in caplog.text
+    assert json.loads((out / "sampling.json").read_text())["resumed_batches"] == kept
+    reference = np.load(run(_compose([*args, f"out={tmp_path / 'reference'}"])))
+    assert np.array_equal(resumed["images"], reference["images"]) and resumed["images"].shape == (24, 28, 28)
+    assert (out / "grid.png").stat().st_size > 0 and not (out / ".parts").exists()
+
+
+@pytest.mark.parametrize("size, fails_at", [("16k", "part-000001.npz"), ("128k", "grid.png")])
+def test_a_full_disk_keeps_the_samples_and_the_same_command_continues(
+    checkpoints, tmp_path: Path, caplog, size: str, fails_at: str
+) -> None:
+    """A real full disk (a small tmpfs): 16k fills up during the batches, 128k at grid.png, after samples.npz.
+    Neither leaves a 0-byte file; once space is freed the same command finishes with the same samples."""
+    from sample import run
+
+    args = [f"ckpt={checkpoints['vae']}", "num_samples=40", "batch_size=4", "device=cpu"]
+    reference = np.load(run(_compose([*args, f"out={tmp_path / 'reference'}"])))["images"]
+    with tmpfs(tmp_path / "disk", size) as disk:
+        cfg = _compose([*args, f"out={disk / 'out'}"])
+        with pytest.raises(WriteError, match=f"{fails_at}: the disk holding .* is full") as error:
+            run(cfg)
+        assert "\n" not in str(error.value) and "the same command continues" in str(error.value)
+        assert not (disk / "out" / "grid.png").exists()  # old code: a 0-byte grid.png, and no samples
+        kept = len(list((disk / "out" / ".parts").glob("part-*.npz")))
+        assert kept >= 1
+        if fails_at == "grid.png":  # the valuable part was written first
+            assert np.array_equal(np.load(disk / "out" / "samples.npz")["images"], reference)
+        remount(disk, "size=1m")
+        with caplog.at_level(logging.INFO, logger="ldm.sampling"):
+            again = np.load(run(cfg))["images"]
+        assert f"Continuing: {kept} of 10 batches" in caplog.text
+        assert np.array_equal(again, reference) and (disk / "out" / "grid.png").stat().st_size > 0

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldm.errors import UserError
+
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IDXError(ValueError):
+class IDXError(UserError, ValueError):
     """An IDX file that is truncated, corrupt or of an unexpected shape."""
 
 

@@ -4,9 +4,11 @@
 the accelerator in use) and stores each image's posterior mean and std plus its label, and the
 normalisation (`LatentNormalizer`: scale = 1/std over the whole training set, optional shift).
 The file is named by a key that hashes the VAE weights, the images and the preprocessing, so
-runs and sweep jobs with the same VAE share one cache, a new VAE gets a new one, and a partial
-or corrupt file is detected and rebuilt. Writes are atomic and under a file lock; under DDP the
-first process of each node builds and the others wait for it.
+runs and sweep jobs with the same VAE share one cache and a new VAE gets a new one. It also
+holds a sha256 of its tensors, checked at every load: a truncated, corrupt (even a few zeroed
+bytes inside a tensor) or foreign file is rebuilt with a warning. Writes are atomic and under a
+file lock; under DDP the first process of each node builds and the others wait for it. A valid
+cache in a read-only folder is used as it is.
 
 Served batches are `{"latent", "label"}` with latent = normalised (mean + std * eps), a fresh
 eps every step (`mode="sample"`), or the mean (`mode="mean"`; validation and test always use
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -29,15 +29,16 @@ from filelock import FileLock
 from torch import Tensor
 
 from ldm.checkpoints import load_vae
-from ldm.data.mnist import MNISTDataModule
 from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for
+from ldm.data.mnist import MNISTDataModule
 from ldm.data.tensors import Batch, TensorBatchDataset
+from ldm.errors import UserError
 from ldm.io import atomic_write, update_hash
 from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: + payload_sha256
 SPLITS = ("train", "val", "test")
 
 
@@ -77,25 +78,33 @@ def estimate_normalizer(train: Batch, shift: bool) -> LatentNormalizer:
     return LatentNormalizer(scale=float((second_moment - center**2).rsqrt()), shift=center)
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A latent cache file that is unreadable, partial, or built for something else."""
+
+
+def payload_sha256(splits: dict[str, Batch]) -> str:
+    """sha256 over every tensor of every split (names, dtypes, shapes and bytes)."""
+    return update_hash(hashlib.sha256(), {f"{s}/{k}": v for s, part in splits.items() for k, v in part.items()}).hexdigest()
 
 
 def read_cache(path: Path, key: str) -> dict:
     """Load and validate a cache file; raises CacheError if it must be rebuilt."""
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise CacheError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+    except Exception as e:  # zeroed, truncated or foreign bytes: torch raises almost anything
+        raise CacheError(f"{path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     if not isinstance(cache, dict) or cache.get("key") != key or cache.get("version") != CACHE_VERSION:
         raise CacheError(f"{path} was built for another VAE, dataset or format")
+    splits = cache.get("splits")
     for split in SPLITS:
-        part = cache.get("splits", {}).get(split, {})
-        if not all(isinstance(part.get(k), Tensor) for k in ("mean", "std", "label")):
+        part = splits.get(split) if isinstance(splits, dict) else None
+        if not isinstance(part, dict) or not all(isinstance(part.get(k), Tensor) for k in ("mean", "std", "label")):
             raise CacheError(f"{path} is missing the {split} split")
         n = len(part["label"])
         if part["mean"].shape != part["std"].shape or len(part["mean"]) != n or not torch.isfinite(part["mean"]).all():
             raise CacheError(f"{path}: the {split} split is inconsistent or not finite")
+    if payload_sha256({s: splits[s] for s in SPLITS}) != cache.get("payload_sha256"):
+        raise CacheError(f"{path}: its tensors do not match their recorded sha256 (the file is corrupt)")
     return cache
 
 
@@ -162,14 +171,31 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         vae = load_vae(self.vae_ckpt)
         key = cache_key(vae, self.images)
         path = self.cache_dir / f"latents-{key[:16]}.pt"
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):  # one builder; concurrent jobs wait, then read it
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path) + ".lock")
+            lock.acquire()  # one builder; concurrent jobs wait, then read it
+        except OSError as e:  # a read-only folder: no lock file, and no new cache either
+            return self._read_only(path, key, e)
+        try:
             if path.exists():
                 try:
                     return read_cache(path, key)
                 except CacheError as e:
                     log.warning("Rebuilding the latent cache: %s", e)
             return self._build(vae, key, path)
+        finally:
+            lock.release()
+
+    def _read_only(self, path: Path, key: str, error: OSError) -> dict:
+        if path.exists():
+            try:
+                return read_cache(path, key)  # nobody can be writing it: the folder is read-only
+            except CacheError as e:
+                raise CacheError(f"{e}, and {self.cache_dir} is not writable ({error.strerror or error}): set "
+                                 "paths.cache_dir to a writable folder") from e
+        raise CacheError(f"No latent cache for this VAE in {self.cache_dir}, and it is not writable "
+                         f"({error.strerror or error}): set paths.cache_dir to a writable folder") from error
 
     def _build(self, vae: AutoencoderKL, key: str, path: Path) -> dict:
         device = self._device()
@@ -179,14 +205,11 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         normalizer = estimate_normalizer(splits["train"], self.shift)
         cache = {
             "version": CACHE_VERSION, "key": key, "vae_ckpt": str(self.vae_ckpt), "splits": splits,
-            "latent_shape": list(vae.latent_shape),
+            "payload_sha256": payload_sha256(splits), "latent_shape": list(vae.latent_shape),
             "scale": float(normalizer.scale), "shift": float(normalizer.shift),
         }
-        try:
-            atomic_write(path, lambda tmp: torch.save(cache, tmp))
-        except OSError as e:  # e.g. a full disk: the temp file is gone, an older cache untouched
-            raise CacheError(f"Could not write the latent cache {path} ({e}); nothing was written. "
-                             "Free some disk space or set paths.cache_dir to another disk") from e
+        # A full disk raises WriteError (one line); the temp file is gone, an older cache untouched.
+        atomic_write(path, lambda tmp: torch.save(cache, tmp), hint="set paths.cache_dir to another disk")
         self.encoded = True
         return cache
 

@@ -16,9 +16,10 @@ import lightning as L
 import torch
 from torchvision.datasets import MNIST
 
-from ldm.data.idx import find_idx_file, read_idx
+from ldm.data.idx import IDXError, find_idx_file, read_idx
 from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for
 from ldm.data.tensors import Batch, TensorBatchDataset
+from ldm.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ SPLIT_FILES = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """The dataset files are missing and could not be downloaded."""
 
 
@@ -90,6 +91,8 @@ class MNISTDataModule(ResumableTrainLoader, L.LightningDataModule):
             raise ValueError(f"data.batch_size={batch_size} must be >= 1")
         if val_size < 1:
             raise ValueError(f"data.val_size={val_size} must be >= 1")
+        if subset is not None and subset < 1:
+            raise ValueError(f"data.subset={subset} must be >= 1 (or null: every image)")
         self.data_dir = Path(data_dir).expanduser()
         self.dataset_cls = dataset_cls
         self.channels, self.image_size = channels, image_size
@@ -135,12 +138,12 @@ class MNISTDataModule(ResumableTrainLoader, L.LightningDataModule):
         images = read_idx(find_idx_file(self.raw_folder, images_name))  # (N, H, W) uint8
         labels = read_idx(find_idx_file(self.raw_folder, labels_name)).long()  # (N,)
         if images.ndim != 3 or len(images) != len(labels):
-            raise ValueError(
+            raise IDXError(
                 f"{self.raw_folder}: {split} images {tuple(images.shape)} and labels "
                 f"{tuple(labels.shape)} do not match; restore the original files"
             )
         if images.shape[1:] != (self.image_size, self.image_size):
-            raise ValueError(
+            raise ConfigError(
                 f"data.image_size={self.image_size} but {self.raw_folder} holds "
                 f"{tuple(images.shape[1:])} images: set data.image_size={images.shape[1]}"
             )
@@ -151,7 +154,7 @@ class MNISTDataModule(ResumableTrainLoader, L.LightningDataModule):
             return
         images, labels = self._load("train")
         if self.val_size >= len(images):
-            raise ValueError(f"data.val_size={self.val_size} must be < {len(images)} train images")
+            raise ConfigError(f"data.val_size={self.val_size} must be < {len(images)}, the number of train images")
         generator = torch.Generator().manual_seed(self.split_seed)
         perm = torch.randperm(len(images), generator=generator)
         parts = {"val": perm[: self.val_size], "train": perm[self.val_size :]}

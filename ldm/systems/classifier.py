@@ -46,6 +46,8 @@ class ClassifierModule(L.LightningModule):
         augment_shift: training images are shifted by up to this many pixels (0 = off).
     """
 
+    KIND = "classifier"  # checkpoint["ldm"]["kind"]: which stage wrote a checkpoint
+
     def __init__(
         self,
         classifier: MNISTClassifier,
@@ -101,7 +103,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only, so `ldm.checkpoints.load_classifier` can rebuild it with weights_only=True.
-        checkpoint["ldm"] = {"kind": "classifier", "classifier_config": dict(self.classifier.config)}
+        checkpoint["ldm"] = {"kind": self.KIND, "classifier_config": dict(self.classifier.config)}
 
     @torch.no_grad()
     def log_images(self, batch: dict[str, Tensor], num_images: int) -> dict[str, Tensor]:

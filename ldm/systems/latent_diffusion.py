@@ -55,6 +55,8 @@ class LatentDiffusionModule(L.LightningModule):
         compile: train and sample through `torch.compile` (True or a mode; see `ldm.systems.compile`).
     """
 
+    KIND = "ldm"  # checkpoint["ldm"]["kind"]: which stage wrote a checkpoint
+
     def __init__(
         self,
         unet: UNet,
@@ -86,7 +88,6 @@ class LatentDiffusionModule(L.LightningModule):
             raise ValueError(f"conditioning has {wanted} classes but the UNet {unet.num_classes}: "
                              f"set model.unet.num_classes={wanted}")
         self.conditioning = conditioning
-        self.vae_sha256 = update_hash(hashlib.sha256(), self.vae.state_dict()).hexdigest()
         self.unet, self.schedule, self.parameterization, self.sampler = unet, schedule, parameterization, sampler
         self.ema = EMA(unet, ema_decay)
         self.normalizer = LatentNormalizer()  # set from the latent cache in setup(); saved in checkpoints
@@ -158,10 +159,26 @@ class LatentDiffusionModule(L.LightningModule):
         # saved at the end of step n must already hold the EMA of step n (exact resume).
         self.ema.update(self.unet, self.global_step)
 
+    @property
+    def vae_sha256(self) -> str:
+        """sha256 of the VAE's weights as they are now (the latents' encoder and the samples' decoder)."""
+        return update_hash(hashlib.sha256(), self.vae.state_dict()).hexdigest()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed or tested checkpoint must have been trained on the latents of this module's
+        # VAE; otherwise its weights would silently replace the VAE the data was encoded with.
+        stored = {k[len("vae."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("vae.")}
+        if stored and update_hash(hashlib.sha256(), stored).hexdigest() != self.vae_sha256:
+            raise CheckpointError(
+                "This LDM checkpoint was trained on the latents of another VAE than the one given (vae_ckpt): "
+                "resume or test it with the VAE it holds (vae_ckpt=<the same checkpoint>, the default for "
+                "ckpt_path=...), or start a new LDM run for the new VAE"
+            )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything `from_checkpoint` needs to rebuild the model for sampling, as plain values.
         checkpoint["ldm"] = {
-            "kind": "ldm", "vae_config": dict(self.vae.config), "vae_sha256": self.vae_sha256,
+            "kind": self.KIND, "vae_config": dict(self.vae.config), "vae_sha256": self.vae_sha256,
             "latent_shape": list(self.vae.latent_shape), "unet_config": dict(self.unet.config),
             "parameterization": type(self.parameterization).__name__,
             "schedule": {"alpha": self.schedule.alpha.cpu(), "sigma": self.schedule.sigma.cpu()},

@@ -15,6 +15,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ldm.errors import ConfigError
+
 if TYPE_CHECKING:
     import lightning as L
 
@@ -53,10 +55,19 @@ def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter])
         raise RuntimeError("This module was built without an optimizer (for sampling only); it cannot train")
     params = list(params)
     precision = str(module.trainer.precision) if module._trainer is not None else "32-true"
-    built = module.optimizer_factory(params=params, **_fused_if_cuda(module.optimizer_factory, params, precision))
+    try:  # a bad value (lr=-1, betas=[2, 0]) is the config's fault: name its key
+        built = module.optimizer_factory(params=params, **_fused_if_cuda(module.optimizer_factory, params, precision))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.optimizer: {e}") from e
     if module.scheduler_factory is None:
         return built
     # Without a Trainer (notebooks, tests) the total is unknown; the schedule then stays at its start.
     total_steps = module.trainer.estimated_stepping_batches if module._trainer is not None else 1
-    scheduler = module.scheduler_factory(built, total_steps=total_steps)
+    if not math.isfinite(total_steps):
+        raise ConfigError("model.scheduler needs the run's length, but it has none (trainer.max_epochs=-1 and no "
+                          "trainer.max_steps): set trainer.max_epochs >= 1 or trainer.max_steps, or model.scheduler=null")
+    try:
+        scheduler = module.scheduler_factory(built, total_steps=total_steps)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.scheduler: {e}") from e
     return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

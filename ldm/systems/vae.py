@@ -56,6 +56,8 @@ class VAEModule(L.LightningModule):
             validation and test always use the full beta, so val/loss is comparable across epochs.
     """
 
+    KIND = "vae"  # checkpoint["ldm"]["kind"]: which stage wrote a checkpoint
+
     def __init__(
         self,
         vae: AutoencoderKL,
@@ -118,7 +120,7 @@ class VAEModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only, so `ldm.checkpoints.load_vae` can rebuild the VAE with weights_only=True.
-        checkpoint["ldm"] = {"kind": "vae", "vae_config": dict(self.vae.config)}
+        checkpoint["ldm"] = {"kind": self.KIND, "vae_config": dict(self.vae.config)}
 
     def current_beta(self) -> float:
         """The KL weight at the current training step (linear warm-up, then constant)."""

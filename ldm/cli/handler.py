@@ -1,0 +1,144 @@
+"""How every entry point (train.py, sample.py, evaluate.py) ends: one line for a user error, a
+traceback for a bug, an exit status a scheduler can trust.
+
+* `user_error` finds the user-facing cause of an exception: any `ldm.errors.UserError` in its
+  chain, a constructor that rejected a config value (Hydra names the key), Lightning's
+  `MisconfigurationException`, or an OmegaConf error (a missing key or a bad interpolation).
+* `run_task` prints that cause as one line and exits with its status (1; 128 + signal for a
+  stop signal). In a multirun a failing job is recorded and the sweep goes on; `main` reports
+  the failed jobs at the end and exits 1.
+* Signals: outside training, SIGTERM and Ctrl-C raise at once (files being written are
+  cleaned up, see `ldm.io.atomic_write`). During `trainer.fit`, Lightning's SIGTERM handler
+  lets the current step finish and stops; `ldm.resume.LastCheckpoint` then saves `last.ckpt`.
+  The first Ctrl-C during training does the same (it is turned into a SIGTERM); a second one
+  stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+from types import FrameType
+from typing import Any, Callable, TypeVar
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import OmegaConfBaseException
+
+from ldm.cli.resolvers import multirun
+from ldm.errors import ConfigError, Interrupted, UserError, one_line
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and len(chain) < 12 and cause not in chain:  # Hydra and OmegaConf wrap what we raised
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def user_error(error: BaseException) -> UserError | None:
+    """The user-facing cause of `error`, as a `UserError` with a one-line message; None for a bug."""
+    chain = _chain(error)
+    for cause in chain:
+        if isinstance(cause, UserError):
+            return cause
+    for cause in chain:
+        if isinstance(cause, InstantiationException) and isinstance(cause.__cause__, (ValueError, TypeError)):
+            # A constructor rejected a config value: its message says what is wrong, Hydra's names the node.
+            key = re.search(r"full_key: (\S+)", str(cause))
+            message = one_line(cause.__cause__)
+            prefix = f"{key.group(1)}: " if key and not message.startswith(key.group(1)) else ""
+            return ConfigError(prefix + message)
+        if isinstance(cause, MisconfigurationException):
+            return ConfigError(f"trainer: {one_line(cause)}")
+        if isinstance(cause, OmegaConfBaseException):  # a key that does not exist, an interpolation that fails
+            return ConfigError(one_line(cause))
+    return None
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+class _Signal(BaseException):
+    """Raised by our handlers outside training; a BaseException so `except Exception` lets it pass."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_stop_signum: int | None = None  # the signal that asked a training run to stop
+
+
+def stop_signal() -> int:
+    """The signal (SIGTERM or SIGINT) that stopped the current training run."""
+    return _stop_signum or signal.SIGTERM
+
+
+def _fitting() -> bool:
+    # Lightning replaces our SIGTERM handler during fit (and calls it after its own).
+    return signal.getsignal(signal.SIGTERM) is not _on_sigterm
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _stop_signum
+    _stop_signum = _stop_signum or signum
+    if not _fitting():
+        raise _Signal(signum)
+    # Lightning's handler ran first: it stops the run once the current step is done.
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    global _stop_signum
+    if not _fitting():
+        raise _Signal(signum)
+    _stop_signum = signal.SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+    log.warning("Ctrl-C: stopping after this step and saving last.ckpt (press Ctrl-C again to stop at once)")
+    os.kill(os.getpid(), signal.SIGTERM)  # Lightning's graceful stop, the same on every DDP rank
+
+
+def install_signal_handlers() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+_failed_jobs: list[str] = []
+
+
+def run_task(task: Callable[[Any], T], cfg: Any, logger: logging.Logger = log) -> T | None:
+    """`task(cfg)`, with its user errors reported as one line (see the module docstring)."""
+    try:
+        return task(cfg)
+    except _Signal as stop:
+        cause: UserError = Interrupted(f"Stopped by {stop}; nothing was left half-written", stop.signum)
+    except Exception as error:
+        found = user_error(error)
+        if found is None:
+            raise  # a bug: keep the traceback
+        cause = found
+    logger.error("%s", one_line(cause))
+    if multirun() and not isinstance(cause, Interrupted):
+        job = HydraConfig.get().job
+        _failed_jobs.append(f"#{job.num} ({job.override_dirname or 'no overrides'}): {one_line(cause)}")
+        return None  # the sweep goes on; `main` reports the failure at the end
+    raise SystemExit(cause.exit_code) from None
+
+
+def main(hydra_main: Callable[[], Any]) -> None:
+    """Run a `@hydra.main` function as a command: signal handlers, then failed multirun jobs -> exit 1."""
+    install_signal_handlers()
+    hydra_main()
+    if _failed_jobs:
+        log.error("%d multirun job(s) failed:\n  %s", len(_failed_jobs), "\n  ".join(_failed_jobs))
+        sys.exit(1)

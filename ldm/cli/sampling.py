@@ -1,0 +1,31 @@
+"""What `python sample.py` runs (and `python evaluate.py` when it samples first): the config's
+plain values checked, the checkpoint found, the sampler built, then `ldm.sampling.draw`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.checkpoints import find_latest
+from ldm.cli.typecheck import check_config, check_values
+from ldm.sampling import Request, config_hints, draw, sampler_node
+
+
+def plain(cfg: DictConfig, keys: Iterable[str]) -> dict[str, Any]:
+    """The values of `keys` in `cfg` as plain Python values (lists, not ListConfigs)."""
+    return {key: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v := cfg.get(key)) else v for key in keys}
+
+
+def draw_from_config(cfg: DictConfig, values: dict[str, Any] | None = None) -> Path:
+    """Sample as `cfg` (conf/sample.yaml) asks; returns the path of samples.npz. `values`: its keys, already checked."""
+    if values is None:
+        hints = config_hints()
+        values = plain(cfg, hints)
+        check_values(values, hints)
+    ckpt = Path(values["ckpt"]) if values["ckpt"] else find_latest(values["registry_dir"], "ldm", key="ckpt")
+    node = sampler_node(OmegaConf.to_container(cfg.sampler, resolve=True), values["steps"], values["eta"])
+    check_config(node, "sampler")
+    return draw(Request.from_values(values), ckpt, hydra.utils.instantiate(node))

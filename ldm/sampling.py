@@ -1,0 +1,281 @@
+"""Drawing samples from a trained LDM (or a VAE's prior) into `<out>/samples.npz`, in bounded memory.
+
+`draw(request, ckpt, sampler)` is what `python sample.py` runs (and `python evaluate.py` when it
+samples first); a `Request` holds the plain values of conf/sample.yaml's keys. Batches are drawn
+from one generator seeded once with `seed`, and each is written to `<out>/.parts/` as soon as it
+is made (`ldm.samples.Parts`), so memory stays at one batch whatever `num_samples`, and the same
+command continues an interrupted run with the samples an uninterrupted one would have drawn.
+When every batch is there: `samples.npz` first (the valuable part), then `grid.png`,
+`trajectory.png` and `sampling.json`; then `.parts` is removed. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, get_type_hints
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from rich.progress import track
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from ldm.checkpoints import CheckpointError, checkpoint_kind, load_vae
+from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, Sampler
+from ldm.errors import ConfigError
+from ldm.io import atomic_write, atomic_write_json
+from ldm.prompts import parse_digits
+from ldm.samples import Parts, to_uint8
+from ldm.systems.latent_diffusion import LatentDiffusionModule
+
+log = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA if there is a GPU, else the CPU), or a device that exists here; else a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}, but {torch.cuda.device_count()} CUDA GPU(s) are visible: use device=auto "
+                          "or device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to draw: conf/sample.yaml's keys but `ckpt` and the sampler, as plain values."""
+
+    out: Path
+    num_samples: int = 64
+    prompt: str | int | None = None  # "one nine 2" -> one sample per token (a bare digit arrives as an int)
+    labels: list[int] | None = None  # or the classes themselves; neither: 0..9 in turn on a conditional model
+    guidance: float | None = None
+    seed: int = 0
+    batch_size: int | None = None  # None: 10000 on CUDA, 1000 on the CPU
+    device: str = "auto"
+    bf16: bool = True
+    compile: bool | str = False
+    trajectory: bool = False
+    grid_size: int = 100
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("num_samples", self.num_samples >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size is None or self.batch_size >= 1, "must be >= 1 (or null: automatic)"),
+            ("seed", 0 <= self.seed < 2**63, "must be in 0 .. 2**63 - 1"),
+            ("guidance", self.guidance is None or 0 <= self.guidance < math.inf,
+             "must be >= 0 (0: unconditional, 1: conditional, > 1: guided), or null for the model's default"),
+            ("grid_size", self.grid_size >= 0, "must be >= 0 (0: no grid.png)"),
+            ("labels", self.labels is None or (len(self.labels) > 0 and all(_is_int(v) for v in self.labels)),
+             "must be a non-empty list of class ids, e.g. labels=[1,9,2]"),
+            ("compile", isinstance(self.compile, bool) or self.compile in COMPILE_MODES,
+             f"must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})"),
+        ]
+        for key, ok, fix in checks:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} {fix}")
+        if self.prompt is not None and self.labels is not None:
+            raise ConfigError("give prompt= or labels=, not both")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Request:
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def config_hints() -> dict[str, Any]:
+    """Type hints of conf/sample.yaml's keys (the sampler group is checked against its class)."""
+    return {**get_type_hints(Request), "ckpt": str | None, "registry_dir": str, "steps": int | None,
+            "eta": float | None}
+
+
+def sampler_node(node: Mapping[str, Any], steps: int | None, eta: float | None) -> dict[str, Any]:
+    """The sampler's config node with sample.py's `steps=` / `eta=` shortcuts applied."""
+    node = dict(node)
+    for key, value in (("num_steps", steps), ("eta", eta)):
+        if value is not None:
+            node[key] = value
+    return node
+
+
+@dataclass
+class Source:
+    """(n, generator, labels) -> n images in [0, 1]; its name; the LDM, if it is one."""
+
+    generate: Callable[[int, torch.Generator, Tensor | None], Tensor]
+    name: str
+    model: LatentDiffusionModule | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.conditioning.num_classes if self.model is not None and self.model.conditioning else None
+
+
+def load_source(ckpt: Path, sampler: Sampler | None, request: Request, device: torch.device) -> Source:
+    """What draws the samples: an LDM's EMA denoiser + its VAE decoder, or a VAE decoding N(0, I)."""
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt={ckpt} does not exist: pass an LDM or VAE checkpoint "
+                          "(logs/<stage>/runs/*/checkpoints/*.ckpt), or leave ckpt unset for the latest LDM run")
+    kind = checkpoint_kind(ckpt)
+    if kind == "vae":
+        vae = load_vae(ckpt).to(device)
+        shape = vae.latent_shape
+        return Source(lambda n, g, y: vae.decode(torch.randn((n, *shape), generator=g, device=device)), "vae prior")
+    if kind != "ldm":
+        raise CheckpointError(f"{ckpt} is a {kind} checkpoint; sample.py needs an ldm or vae checkpoint")
+    # DDPM fits every schedule: the sampler asked for is checked against this one's length here.
+    model = LatentDiffusionModule.from_checkpoint(ckpt, DDPMSampler(), request.compile).to(device)
+    sampler = sampler or DDIMSampler()
+    try:
+        sampler.timesteps(model.schedule)
+    except ValueError as e:
+        raise ConfigError(f"steps / sampler.num_steps: {e}") from None
+    model.sampler = sampler
+    guidance = request.guidance
+    name = repr(model.sampler) + (f", guidance {guidance}" if guidance is not None else "")
+    return Source(lambda n, g, y: model.sample(n, generator=g, labels=y, guidance=guidance), name, model)
+
+
+def given_labels(request: Request, num_classes: int | None) -> list[int] | None:
+    """The classes asked for by `prompt` or `labels` (None: none asked for), checked against the model."""
+    if request.prompt is not None:
+        try:
+            given = parse_digits(str(request.prompt))
+        except ValueError as e:
+            raise ConfigError(f"prompt={request.prompt!r}: {e}") from None
+    else:
+        given = request.labels
+    if num_classes is None:
+        if given is not None:
+            raise ConfigError("prompt= / labels= need a class-conditional LDM (train one with conditioning=class)")
+        if request.guidance is not None:
+            raise ConfigError("guidance= applies to class-conditional LDMs (trained with conditioning=class)")
+        return None
+    if given is not None and not all(0 <= v < num_classes for v in given):
+        key = "prompt" if request.prompt is not None else "labels"
+        raise ConfigError(f"{key}: labels must be class ids in 0..{num_classes - 1}, got {list(given)}")
+    return None if given is None else list(given)
+
+
+def batch_labels(given: list[int] | None, num_classes: int | None, first: int, n: int) -> Tensor | None:
+    """Classes of samples first .. first+n-1: the given ones, else 0..K-1 in turn (balanced grids)."""
+    if given is not None:
+        return torch.tensor(given[first : first + n], dtype=torch.long)
+    if num_classes is not None:
+        return torch.arange(first, first + n) % num_classes
+    return None
+
+
+def _manifest(ckpt: Path, source: Source, request: Request, device: torch.device, batch_size: int,
+              num_samples: int, given: list[int] | None) -> dict[str, Any]:
+    """Everything the samples depend on: a part made for another manifest is never reused."""
+    stat = ckpt.stat()
+    labels = given if given is not None else (f"0..{source.num_classes - 1} in turn" if source.num_classes else None)
+    return {"format": 1, "ckpt": str(ckpt.resolve()), "ckpt_size": stat.st_size, "ckpt_mtime_ns": stat.st_mtime_ns,
+            "generator": source.name, "seed": request.seed, "num_samples": num_samples, "batch_size": batch_size,
+            "device": str(device), "bf16": request.bf16 and device.type == "cuda", "compile": request.compile,
+            "guidance": request.guidance, "labels": labels}
+
+
+@torch.no_grad()
+def draw(request: Request, ckpt: str | Path, sampler: Sampler | None = None) -> Path:
+    """Sample `request` from `ckpt` (an LDM, with `sampler`, or a VAE) into `<out>/samples.npz`; returns its path."""
+    device, ckpt, out = pick_device(request.device), Path(ckpt), Path(request.out)
+    source = load_source(ckpt, sampler, request, device)
+    given = given_labels(request, source.num_classes)
+    num_samples = len(given) if given is not None else request.num_samples  # one sample per prompt token
+    batch_size = request.batch_size or (10_000 if device.type == "cuda" else 1000)
+    sizes = [min(batch_size, num_samples - i) for i in range(0, num_samples, batch_size)]
+    parts = Parts(out / ".parts", _manifest(ckpt, source, request, device, batch_size, num_samples, given), sizes)
+    done = parts.resume()
+    generator = torch.Generator(device=device).manual_seed(request.seed)
+    if done:
+        generator.set_state(parts.generator_state(done - 1))
+        log.info("Continuing: %d of %d batches were already drawn into %s", done, len(sizes), parts.folder)
+    start = time.perf_counter()
+    try:
+        for index in track(range(done, len(sizes)), description=f"sampling ({source.name})"):
+            y = batch_labels(given, source.num_classes, index * batch_size, sizes[index])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and request.bf16):
+                images = source.generate(sizes[index], generator, None if y is None else y.to(device))
+            parts.write(index, to_uint8(images.float()), None if y is None else y.numpy(), generator.get_state())
+    except BaseException as stop:
+        if not isinstance(stop, Exception):  # a stop signal or Ctrl-C: what is kept, and how to go on
+            kept = len(list(parts.folder.glob("part-*.npz")))
+            log.warning("Stopped after %d of %d batches; they are kept in %s and the same command continues",
+                        kept, len(sizes), parts.folder)
+        raise
+    seconds = time.perf_counter() - start
+    path = parts.write_npz(out / "samples.npz", labelled=source.num_classes is not None)
+    _figures(parts, source, request, given, out, generator)
+    drawn = sum(sizes[done:])
+    atomic_write_json(out / "sampling.json", {
+        "ckpt": str(ckpt), "generator": source.name, "num_samples": num_samples, "seconds": seconds,
+        "device": str(device), "seed": request.seed, "batch_size": batch_size, "resumed_batches": done})
+    parts.remove()
+    log.info("%d samples from %s (%s) -> %s (%d drawn in %.2f s, %.0f samples/s)", num_samples, ckpt,
+             source.name, path, drawn, seconds, drawn / max(seconds, 1e-9))
+    return path
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def _figures(parts: Parts, source: Source, request: Request, given: list[int] | None, out: Path,
+             generator: torch.Generator) -> None:
+    """grid.png from the first parts, and trajectory.png (from the generator's state after the last batch)."""
+    hint = f"samples.npz is complete; the batches are kept in {parts.folder} and the same command continues"
+    shown = parts.first(request.grid_size) if request.grid_size else None
+    if shown is not None:
+        images = torch.from_numpy(shown if shown.ndim == 4 else shown[:, None])
+        labels = batch_labels(given, source.num_classes, 0, len(images))
+        if labels is not None:  # prompts read left to right; balanced grids show 0..9 per row
+            nrow = len(images) if given is not None else source.num_classes
+            image = labelled_grid(images, labels, min(nrow, 20))
+        else:
+            image = grid_image(images, math.ceil(math.sqrt(len(images))))
+        save_png(out / "grid.png", image, hint)
+    if request.trajectory and source.model is not None:
+        frames, per_row = source.model.trajectory(8, generator)["denoising_trajectory"]
+        save_png(out / "trajectory.png", grid_image(frames, per_row), hint)
+
+
+def save_png(path: Path, image: Image.Image, hint: str = "") -> Path:
+    # The temp file ends in .tmp, so PIL cannot infer the format from the name.
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), hint)
+
+
+def grid_image(images: Tensor, nrow: int) -> Image.Image:
+    """A grid of (N, C, H, W) images, uint8 or floats in [0, 1], as torchvision's `save_image` draws it."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    grid = make_grid(x.cpu(), nrow=nrow)
+    return Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy())
+
+
+def labelled_grid(images: Tensor, labels: Tensor, nrow: int) -> Image.Image:
+    """A grid of uint8 (N, C, H, W) images with each image's class written in a strip above it."""
+    cell, strip = images.shape[-1] + 2, 12
+    rows = math.ceil(len(images) / nrow)
+    canvas = Image.new("L", (nrow * cell, rows * (cell + strip)), 0)
+    draw_ = ImageDraw.Draw(canvas)
+    for i, (image, label) in enumerate(zip(images.numpy(), labels.tolist())):
+        x, y = (i % nrow) * cell, (i // nrow) * (cell + strip)
+        draw_.text((x + cell // 2 - 3, y), str(label), fill=255)
+        pixels = image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
+        canvas.paste(Image.fromarray(pixels).convert("L"), (x + 1, y + strip))
+    return canvas
