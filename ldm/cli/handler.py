@@ -52,14 +52,16 @@ def user_error(error: BaseException) -> UserError | None:
         if isinstance(cause, UserError):
             return cause
     for cause in chain:
-        if isinstance(cause, InstantiationException) and isinstance(cause.__cause__, (ValueError, TypeError)):
+        if isinstance(cause, InstantiationException) and isinstance(
+            cause.__cause__, (ValueError, TypeError, MisconfigurationException)
+        ):
             # A constructor rejected a config value: its message says what is wrong, Hydra's names the node.
             key = re.search(r"full_key: (\S+)", str(cause))
             message = one_line(cause.__cause__)
             prefix = f"{key.group(1)}: " if key and not message.startswith(key.group(1)) else ""
             return ConfigError(prefix + message)
-        if isinstance(cause, MisconfigurationException):
-            return ConfigError(f"trainer: {one_line(cause)}")
+        if isinstance(cause, MisconfigurationException):  # Lightning's messages name the setting
+            return ConfigError(one_line(cause))
         if isinstance(cause, OmegaConfBaseException):  # a key that does not exist, an interpolation that fails
             return ConfigError(one_line(cause))
     return None

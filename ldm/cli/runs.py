@@ -1,0 +1,129 @@
+"""A training run's checks, resume target and records, before and after `trainer.fit`.
+
+* `check_run`: the top-level values of conf/train.yaml, and combinations no run can work with;
+* `use_checkpoint`: `ckpt_path=last|PATH`, checked against the stage before any folder is touched;
+  training resumes that run in its own folder and W&B run, `train=false` tests it from a new one;
+  an LDM keeps the VAE its checkpoint holds (its UNet was trained on that VAE's latents);
+* `record_config`: the resolved config, never overwriting an earlier launch's;
+* `reported`: what ends `fit`/`test` early (a stop signal, weights that do not fit) as one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ldm.checkpoints import CheckpointError, load_vae
+from ldm.cli import handler
+from ldm.cli.typecheck import check_values
+from ldm.errors import ConfigError, Interrupted, one_line
+from ldm.io import atomic_write
+from ldm.resume import find_checkpoint, resolve_resume
+
+log = logging.getLogger("train")
+
+# Keys of conf/train.yaml that build nothing (the rest is checked against what it builds).
+TOP_LEVEL = {"seed": int, "train": bool, "test": bool, "ckpt_path": str | None, "task_name": str,
+             "lr_scaling": Literal["none", "sqrt", "linear"]}
+
+
+def check_run(cfg: DictConfig, kind: str | None) -> None:
+    """Config values a run cannot work with, before anything is read or written."""
+    check_values({key: cfg.get(key) for key in TOP_LEVEL}, TOP_LEVEL)
+    if not cfg.train and not cfg.test:
+        raise ConfigError("train=false test=false leaves nothing to do")
+    if not cfg.train and cfg.get("ckpt_path") is None:
+        raise ConfigError("train=false tests a trained checkpoint: pass ckpt_path=PATH (or ckpt_path=last)")
+    if kind == "ldm" and OmegaConf.select(cfg, "data.vae_ckpt") is None:
+        raise ConfigError("model=ldm trains on the VAE latents of an image dataset, but data= replaced the latent data: "
+                          "choose the images with data@data.images=NAME (e.g. data@data.images=fashion_mnist) instead")
+
+
+def use_checkpoint(cfg: DictConfig, kind: str | None) -> None:
+    """`ckpt_path=last|PATH` (see the module docstring); sets cfg.ckpt_path to the file it means."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return
+    if cfg.train:
+        resume = resolve_resume(ckpt, cfg.paths.log_dir, cfg.task_name, kind)
+        path, run_dir, run_id = resume.ckpt_path, resume.run_dir, resume.wandb_run_id
+    else:
+        path, run_dir, run_id = find_checkpoint(ckpt, cfg.paths.log_dir, cfg.task_name, kind)[0].resolve(), None, None
+    with open_dict(cfg):
+        cfg.ckpt_path = str(path)
+        if run_dir is not None:
+            cfg.paths.output_dir = str(run_dir)
+        if run_id and cfg.get("logger") and cfg.logger.get("wandb"):
+            cfg.logger.wandb.run_id = run_id
+        if kind == "ldm":
+            _keep_own_vae(cfg, path)
+    log.info("%s %s in %s (W&B run %s)", "Resuming" if cfg.train else "Testing", path, cfg.paths.output_dir, run_id or "-")
+
+
+def _keep_own_vae(cfg: DictConfig, ldm_ckpt: Path) -> None:
+    configured = OmegaConf.select(cfg, "vae_ckpt", throw_on_resolution_failure=False)
+    cfg.vae_ckpt = str(ldm_ckpt)  # load_vae reads the VAE an LDM checkpoint holds
+    try:
+        differs = configured is not None and not _same_weights(load_vae(configured), load_vae(ldm_ckpt))
+    except CheckpointError:
+        differs = True
+    if differs:
+        log.warning("vae_ckpt=%s is not the VAE this LDM was trained on; using the one its checkpoint holds", configured)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def record_config(cfg: DictConfig, output_dir: Path) -> Path:
+    """The run's resolved config: config.yaml, or config-resumed-<time>[_n].yaml beside it (never overwritten)."""
+    stem = "config" if not (output_dir / "config.yaml").exists() else f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 0
+    while (path := output_dir / (f"{stem}.yaml" if n == 0 else f"{stem}_{n}.yaml")).exists():
+        n += 1
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class reported:
+    """What ends `fit`/`test` early, told as a one-line user error:
+
+    * a SIGTERM (or Ctrl-C, `ldm.cli.handler`): Lightning raises SIGTERMException, a SystemExit
+      with status 0; it becomes `Interrupted`, saying what was saved and how to go on, with exit
+      status 128 + signal;
+    * a checkpoint whose weights do not fit the configured model (a changed model size).
+    """
+
+    def __init__(self, trainer: L.Trainer, stage: str, ckpt_path: str | None) -> None:
+        self.trainer, self.stage, self.ckpt_path = trainer, stage, ckpt_path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> bool:
+        if isinstance(error, RuntimeError) and "Error(s) in loading state_dict" in str(error):
+            raise CheckpointError(
+                f"ckpt_path={self.ckpt_path}: its weights do not fit this model ({one_line(error)[:300]}): use the "
+                "config it was trained with (config.yaml in its run folder)"
+            ) from error
+        if not isinstance(error, SIGTERMException):
+            return False
+        signum = handler.stop_signal()
+        name, step = signal.Signals(signum).name, self.trainer.global_step
+        last = next((c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), "")
+        if self.stage == "testing":
+            message = f"Stopped by {name} while testing; training had finished: test again with train=false ckpt_path=PATH"
+        elif step == 0 or not last:
+            message = f"Stopped by {name} before the first checkpoint; nothing to resume: run the command again"
+        else:
+            message = f"Stopped by {name} at step {step}; {last} holds that step: resume with the same command plus ckpt_path={last}"
+        raise Interrupted(message, signum) from None
