@@ -27,6 +27,7 @@ from ldm.checkpoints import find_latest, load_classifier
 from ldm.cli import handler, resolvers
 from ldm.cli.sampling import draw_from_config, plain
 from ldm.cli.typecheck import check_values
+from ldm.data.source import all_images
 from ldm.errors import ConfigError
 from ldm.io import atomic_write
 from ldm.metrics import ClassifierFeatures, cached_reference_features, real_floor, sample_metrics
@@ -73,10 +74,8 @@ def classifier_from(values: dict[str, Any]) -> tuple[Path, MNISTClassifier]:
 
 
 def real_images(cfg: DictConfig) -> dict[str, torch.Tensor]:
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup()
-    return {s: datamodule.splits[s].batch(torch.arange(len(datamodule.splits[s])))["image"] for s in ("train", "test")}
+    source = hydra.utils.instantiate(cfg.data)  # an image source (ldm.data.source)
+    return {split: all_images(source, split) for split in ("train", "test")}
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ldm.checkpoints import CheckpointError, record_latest
 from ldm.cli import handler, multirun, resolvers
-from ldm.cli.runs import check_run, record_config, reported, use_checkpoint
+from ldm.cli.runs import check_run, lock_run, record_config, reported, use_checkpoint
 from ldm.cli.typecheck import check_config
 from ldm.errors import ConfigError
 from ldm.loggers import finish_wandb
@@ -77,6 +78,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     use_checkpoint(cfg, kind)  # checks the checkpoint's stage before any folder is touched
     check_config(OmegaConf.to_container(cfg, resolve=True))
     output_dir = Path(cfg.paths.output_dir)
+    with lock_run(output_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        return _run(cfg, output_dir, env_before)
+
+
+def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -> dict[str, float]:
     if rank_zero_only.rank == 0:  # DDP ranks > 0 re-enter here in processes of their own
         if not (cfg.get("ckpt_path") and cfg.train) and any((output_dir / "checkpoints").glob("*.ckpt")):
             raise CheckpointError(
@@ -89,7 +95,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls (Ampere+ GPUs)
 
-    datamodule = hydra.utils.instantiate(cfg.data)
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
@@ -97,6 +102,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     scale_lr(cfg, trainer.world_size, trainer.accumulate_grad_batches)
     model = hydra.utils.instantiate(cfg.model)
+    # Latent data is encoded by, and fits the latent scale of, the model's own first stage.
+    shared = {"first_stage": model.first_stage} if "first_stage" in cfg.data and hasattr(model, "first_stage") else {}
+    datamodule = hydra.utils.instantiate(cfg.data, **shared)
     model.configure_optimizers()  # a bad optimizer or LR-schedule value fails now, not after the data is prepared
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

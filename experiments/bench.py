@@ -55,7 +55,9 @@ from ldm.diffusion.parameterization import EpsilonPrediction  # noqa: E402
 from ldm.diffusion.samplers import DDIMSampler, DPMSolverPP2M, Sampler  # noqa: E402
 from ldm.guard import NonFiniteGuard  # noqa: E402
 from ldm.diffusion.schedules import NoiseSchedule, linear  # noqa: E402
-from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer  # noqa: E402
+from ldm.diffusion.objectives import DiffusionObjective  # noqa: E402
+from ldm.models.autoencoder import AutoencoderKL  # noqa: E402
+from ldm.models.first_stage import IdentityFirstStage  # noqa: E402
 from ldm.models.unet import UNet  # noqa: E402
 from ldm.seeding import StepSeed  # noqa: E402
 from ldm.systems.latent_diffusion import LatentDiffusionModule  # noqa: E402
@@ -135,17 +137,16 @@ class RandomLatents(LatentDataModule):
     """
 
     def __init__(self, num_latents: int, batch_size: int) -> None:
-        super().__init__(images=None, vae_ckpt="unused", cache_dir="unused", batch_size=batch_size, mode="sample")
+        super().__init__(images=None, first_stage=IdentityFirstStage(), cache_dir="unused", batch_size=batch_size,
+                         mode="sample")
         self.num_latents = num_latents
 
     def prepare_data(self) -> None:  # nothing to encode
         pass
 
     def setup(self, stage: str | None = None) -> None:
-        device = self._device()
-        self.normalizer = LatentNormalizer(scale=1.0).to(device)
-        latents = random_latents(self.num_latents, device)
-        self.splits["train"] = TensorBatchDataset(latents, SampleLatent(self.normalizer, "sample"))
+        latents = random_latents(self.num_latents, self._device())
+        self.splits["train"] = TensorBatchDataset(latents, SampleLatent("sample"))
 
 
 def random_latents(n: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -184,15 +185,15 @@ def build_ldm(compile_mode: bool | str = False) -> tuple[LatentDiffusionModule, 
     module = LatentDiffusionModule(
         unet=UNet(in_channels=4, base_channels=64, channel_mults=[1, 2], num_res_blocks=2,
                   attention=True, num_heads=4, dropout=0.0),
-        schedule=NoiseSchedule(linear(1000, 1e-4, 0.02)),
-        parameterization=EpsilonPrediction(),
+        objective=DiffusionObjective(NoiseSchedule(linear(1000, 1e-4, 0.02)), EpsilonPrediction()),
         sampler=DDIMSampler(num_steps=50),
-        vae=AutoencoderKL(in_channels=1, image_size=28),
+        first_stage=AutoencoderKL(in_channels=1, image_size=28),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0),
         scheduler=functools.partial(warmup_cosine, warmup_steps=500, min_lr_ratio=0.1),
         ema_decay=0.999,
         compile=compile_mode,
     )
+    module.first_stage.normalizer.set(1.0)  # random latents of unit scale (the cache would fit it)
     return module, _compile_note(compile_mode)
 
 
@@ -310,7 +311,7 @@ def diffusers_train_row(args: argparse.Namespace, device: torch.device) -> Row:
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                               prediction_type="epsilon")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    transform = SampleLatent(LatentNormalizer().to(device), "sample")
+    transform = SampleLatent("sample")
     data = TensorBatchDataset(random_latents(args.num_train, device), transform)
     _reset_peak(device)
     for i in range(args.warmup + args.steps):

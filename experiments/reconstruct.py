@@ -36,7 +36,7 @@ def reconstruct(vae_ckpt: Path, data_dir: Path, num: int, batch_size: int = 1000
     images = []
     for start in range(0, min(num, len(data.splits["train"])), batch_size):
         x = data.splits["train"].batch(torch.arange(start, min(start + batch_size, num)))["image"]
-        images.append(vae.decode(vae.encode(x)[0]))
+        images.append(vae.decode(vae.encode(x).mode()))
     return to_uint8(torch.cat(images))
 
 

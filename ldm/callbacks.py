@@ -25,6 +25,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.utils import make_grid, save_image
 
+from ldm.data.source import ImageSource
+
 log = logging.getLogger(__name__)
 
 
@@ -148,12 +150,12 @@ class SampleQuality(L.Callback):
 
     Args:
         classifier_ckpt: a `ClassifierModule` checkpoint (None: disabled).
-        reference: the image DataModule whose validation digits are the real set.
+        reference: the image source (`ldm.data.source`) whose validation digits are the real set.
         num_samples: generated samples per evaluation, over all ranks.
     """
 
     def __init__(
-        self, classifier_ckpt: str | None, reference: L.LightningDataModule, every_n_epochs: int = 5,
+        self, classifier_ckpt: str | None, reference: ImageSource, every_n_epochs: int = 5,
         num_samples: int = 2000, batch_size: int = 500,
     ) -> None:
         if every_n_epochs < 1 or num_samples < 2 or batch_size < 1:
@@ -177,9 +179,7 @@ class SampleQuality(L.Callback):
             "fid": FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(pl_module.device),
             "kid": KernelInceptionDistance(feature=extractor, reset_real_features=False, subset_size=subset).to(pl_module.device),
         }
-        self.reference.prepare_data()
-        self.reference.setup("validate")
-        real = self.reference.splits["val"]
+        real = self.reference.split("val")  # an image source (ldm.data.source): prepared on first use
         shard = torch.arange(trainer.global_rank, len(real), trainer.world_size)
         for indices in shard.split(self.batch_size):
             images = real.batch(indices)["image"].to(pl_module.device)

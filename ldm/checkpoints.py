@@ -21,6 +21,7 @@ from ldm.errors import UserError, one_line
 from ldm.io import atomic_write_json
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.classifier import MNISTClassifier
+from ldm.serialize import SpecError, build
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -55,6 +56,9 @@ def find_latest(registry_dir: str | Path, stage: str, key: str | None = None) ->
 def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
     """Load a Lightning checkpoint written by an ldm system of `kind` ("vae", ...; None: any), safely."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint: pass a .ckpt file in it "
+                              "(e.g. <run>/checkpoints/last.ckpt)")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist")
     try:
@@ -91,27 +95,59 @@ def checkpoint_kind(path: str | Path) -> str:
     return load_checkpoint(path, None)["ldm"]["kind"]
 
 
+def _weights(checkpoint: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def _load_into(path: str | Path, built: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """Load `state` into `built` strictly, except that a VAE saved before it carried a latent
+    normaliser loads without one (left unfitted)."""
+    result = built.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("normalizer.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: its {what} weights do not match its recorded config (missing "
+                              f"{missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    return built.eval()
+
+
 def _load_network(path: str | Path, network: str, build: Callable[..., nn.Module], kinds: tuple[str, ...]) -> nn.Module:
     """Rebuild `network` ("vae", ...) from its recorded config and its `<network>.` weights (eval
     mode), from a checkpoint written by one of the systems `kinds`."""
     checkpoint = load_checkpoint(path, None)
-    if checkpoint["ldm"]["kind"] not in kinds:
-        raise CheckpointError(f"{path} is a {checkpoint['ldm']['kind']} checkpoint, but a {' or '.join(kinds)} "
-                              f"checkpoint is needed")
-    prefix = f"{network}."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    kind = checkpoint["ldm"]["kind"]
+    if kind not in kinds:
+        raise CheckpointError(f"{path} is a {kind} checkpoint, but a {' or '.join(kinds)} checkpoint is needed")
+    if kind == "ldm":
+        return _ldm_first_stage(path, checkpoint)
     try:
         built = build(**checkpoint["ldm"][f"{network}_config"])
-        built.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: its {network} weights do not match its recorded config ({e})") from e
-    return built.eval()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its recorded {network} config does not build ({e})") from e
+    return _load_into(path, built, _weights(checkpoint, f"{network}."), network)
+
+
+def _ldm_first_stage(path: str | Path, checkpoint: dict[str, Any]) -> nn.Module:
+    try:
+        first_stage = build(checkpoint["hyper_parameters"]["first_stage"], nn.Module)
+    except (KeyError, TypeError, SpecError) as e:
+        raise CheckpointError(f"{path}: no first stage can be rebuilt from it ({one_line(str(e))[:200]}); an LDM "
+                              "checkpoint from an older version of ldm: train it again") from e
+    return _load_into(path, first_stage, _weights(checkpoint, "first_stage."), "first stage")
+
+
+def load_first_stage(path: str | Path) -> nn.Module:
+    """The first stage of a VAE checkpoint (the VAE; its latent scale unfitted), or the one an LDM
+    checkpoint holds (its VAE, or the identity of a pixel-space model, with the fitted scale)."""
+    return _load_network(path, "vae", AutoencoderKL, ("vae", "ldm"))
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
     """Rebuild the VAE a `VAEModule` checkpoint was trained with, or the one an LDM checkpoint holds
     (the VAE its latents came from), weights included (eval mode)."""
-    return _load_network(path, "vae", AutoencoderKL, ("vae", "ldm"))
+    first_stage = load_first_stage(path)
+    if not isinstance(first_stage, AutoencoderKL):
+        raise CheckpointError(f"{path} is a pixel-space model ({type(first_stage).__name__} first stage): it holds no VAE")
+    return first_stage
 
 
 def load_classifier(path: str | Path) -> MNISTClassifier:

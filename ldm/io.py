@@ -48,8 +48,12 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
+_NOT_SPACE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+
+
 def _write_error(path: Path, error: BaseException, free: int | None, hint: str) -> WriteError:
-    full = getattr(error, "errno", None) in _FULL or (free is not None and free < _LOW)
+    code = getattr(error, "errno", None)
+    full = code in _FULL or (free is not None and free < _LOW and code not in _NOT_SPACE)
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if full:
         where = f"the disk holding {path.parent} is full ({free / 2**20:.1f} MiB free)" if free is not None else "the disk is full"

@@ -185,6 +185,8 @@ def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     Anything that is not what sample.py writes is a `SamplesError` saying what is wrong, on one line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SamplesError(f"samples={path} is a folder: pass the samples.npz in it (samples={path / 'samples.npz'})")
     if not path.is_file():
         raise SamplesError(f"samples={path} does not exist ({MAKE_ONE})")
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, get_type_hints
 
 import numpy as np
+from filelock import FileLock, Timeout
 import torch
 from PIL import Image, ImageDraw
 from rich.progress import track
@@ -26,11 +27,13 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from ldm.checkpoints import CheckpointError, checkpoint_kind, load_vae
-from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, Sampler
 from ldm.errors import ConfigError
+from ldm.guard import NonFiniteError
+from ldm.figures import trajectory
 from ldm.io import atomic_write, atomic_write_json
 from ldm.prompts import parse_digits
 from ldm.samples import Parts, to_uint8
+from ldm.serialize import SpecError, build, spec
 from ldm.systems.latent_diffusion import LatentDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,8 @@ class Request:
     compile: bool | str = False
     trajectory: bool = False
     grid_size: int = 100
+    steps: int | None = None  # overrides the sampler's num_steps
+    eta: float | None = None  # overrides the sampler's eta (ddim, flow_ancestral)
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,7 +82,8 @@ class Request:
             ("batch_size", self.batch_size is None or self.batch_size >= 1, "must be >= 1 (or null: automatic)"),
             ("seed", 0 <= self.seed < 2**63, "must be in 0 .. 2**63 - 1"),
             ("guidance", self.guidance is None or 0 <= self.guidance < math.inf,
-             "must be >= 0 (0: unconditional, 1: conditional, > 1: guided), or null for the model's default"),
+             "must be a finite number >= 0 (0: unconditional, 1: conditional, > 1: guided), or null for the "
+             "model's default"),
             ("grid_size", self.grid_size >= 0, "must be >= 0 (0: no grid.png)"),
             ("labels", self.labels is None or (len(self.labels) > 0 and all(_is_int(v) for v in self.labels)),
              "must be a non-empty list of class ids, e.g. labels=[1,9,2]"),
@@ -101,17 +107,23 @@ def _is_int(value: Any) -> bool:
 
 def config_hints() -> dict[str, Any]:
     """Type hints of conf/sample.yaml's keys (the sampler group is checked against its class)."""
-    return {**get_type_hints(Request), "ckpt": str | None, "registry_dir": str, "steps": int | None,
-            "eta": float | None}
+    return {**get_type_hints(Request), "ckpt": str | None, "registry_dir": str}
 
 
-def sampler_node(node: Mapping[str, Any], steps: int | None, eta: float | None) -> dict[str, Any]:
-    """The sampler's config node with sample.py's `steps=` / `eta=` shortcuts applied."""
-    node = dict(node)
-    for key, value in (("num_steps", steps), ("eta", eta)):
-        if value is not None:
-            node[key] = value
-    return node
+def with_overrides(sampler: Any, steps: int | None, eta: float | None) -> Any:
+    """`sampler` rebuilt with sample.py's `steps=` / `eta=` shortcuts (through its spec, `ldm.serialize`)."""
+    wanted = {key: value for key, value in (("num_steps", steps), ("eta", eta)) if value is not None}
+    if not wanted:
+        return sampler
+    node = spec(sampler)
+    for key in wanted:
+        if key not in node["kwargs"]:
+            shortcut = "steps" if key == "num_steps" else key
+            raise ConfigError(f"{shortcut}= does not apply to {type(sampler).__name__} (it has no {key})")
+    try:
+        return build({**node, "kwargs": {**node["kwargs"], **wanted}})
+    except SpecError as e:
+        raise ConfigError(f"steps= / eta=: {e}") from None
 
 
 @dataclass
@@ -127,8 +139,10 @@ class Source:
         return self.model.conditioning.num_classes if self.model is not None and self.model.conditioning else None
 
 
-def load_source(ckpt: Path, sampler: Sampler | None, request: Request, device: torch.device) -> Source:
+def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device) -> Source:
     """What draws the samples: an LDM's EMA denoiser + its VAE decoder, or a VAE decoding N(0, I)."""
+    if Path(ckpt).is_dir():
+        raise ConfigError(f"ckpt={ckpt} is a folder: pass a checkpoint file in it (e.g. <run>/checkpoints/last.ckpt)")
     if not Path(ckpt).is_file():
         raise ConfigError(f"ckpt={ckpt} does not exist: pass an LDM or VAE checkpoint "
                           "(logs/<stage>/runs/*/checkpoints/*.ckpt), or leave ckpt unset for the latest LDM run")
@@ -139,13 +153,12 @@ def load_source(ckpt: Path, sampler: Sampler | None, request: Request, device: t
         return Source(lambda n, g, y: vae.decode(torch.randn((n, *shape), generator=g, device=device)), "vae prior")
     if kind != "ldm":
         raise CheckpointError(f"{ckpt} is a {kind} checkpoint; sample.py needs an ldm or vae checkpoint")
-    # DDPM fits every schedule: the sampler asked for is checked against this one's length here.
-    model = LatentDiffusionModule.from_checkpoint(ckpt, DDPMSampler(), request.compile).to(device)
-    sampler = sampler or DDIMSampler()
+    model = LatentDiffusionModule.from_checkpoint(ckpt, compile=request.compile).to(device)
+    sampler = with_overrides(sampler if sampler is not None else model.sampler, request.steps, request.eta)
     try:
-        sampler.timesteps(model.schedule)
+        model.objective.check_sampler(sampler)  # the family, and e.g. num_steps <= T
     except ValueError as e:
-        raise ConfigError(f"steps / sampler.num_steps: {e}") from None
+        raise ConfigError(f"sampler= / steps=: {e}") from None
     model.sampler = sampler
     guidance = request.guidance
     name = repr(model.sampler) + (f", guidance {guidance}" if guidance is not None else "")
@@ -194,8 +207,25 @@ def _manifest(ckpt: Path, source: Source, request: Request, device: torch.device
 
 
 @torch.no_grad()
-def draw(request: Request, ckpt: str | Path, sampler: Sampler | None = None) -> Path:
-    """Sample `request` from `ckpt` (an LDM, with `sampler`, or a VAE) into `<out>/samples.npz`; returns its path."""
+def draw(request: Request, ckpt: str | Path, sampler: Any = None) -> Path:
+    """Sample `request` from `ckpt` (an LDM, with `sampler` or the one it was trained with, or a VAE)
+    into `<out>/samples.npz`; returns its path. One process at a time per `out` folder."""
+    out = Path(request.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out / ".sampling.lock"), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"Another sample.py is writing to out={out}: wait for it to finish, or choose another out=") from None
+    except OSError as e:
+        raise ConfigError(f"out={out} cannot be used as a folder ({e.strerror or e}): choose another out=") from None
+    try:
+        return _draw(request, ckpt, sampler)
+    finally:
+        lock.release()
+
+
+def _draw(request: Request, ckpt: str | Path, sampler: Any) -> Path:
     device, ckpt, out = pick_device(request.device), Path(ckpt), Path(request.out)
     source = load_source(ckpt, sampler, request, device)
     given = given_labels(request, source.num_classes)
@@ -214,6 +244,10 @@ def draw(request: Request, ckpt: str | Path, sampler: Sampler | None = None) -> 
             y = batch_labels(given, source.num_classes, index * batch_size, sizes[index])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and request.bf16):
                 images = source.generate(sizes[index], generator, None if y is None else y.to(device))
+            if not torch.isfinite(images).all():  # one check per batch: NaN would be written as black digits
+                raise NonFiniteError(
+                    f"Batch {index} of the samples is NaN/Inf ({source.name}): the checkpoint's weights are broken, "
+                    "or guidance= is far too large; nothing of this batch was written")
             parts.write(index, to_uint8(images.float()), None if y is None else y.numpy(), generator.get_state())
     except BaseException as stop:
         if not isinstance(stop, Exception):  # a stop signal or Ctrl-C: what is kept, and how to go on
@@ -251,7 +285,7 @@ def _figures(parts: Parts, source: Source, request: Request, given: list[int] | 
             image = grid_image(images, math.ceil(math.sqrt(len(images))))
         save_png(out / "grid.png", image, hint)
     if request.trajectory and source.model is not None:
-        frames, per_row = source.model.trajectory(8, generator)["denoising_trajectory"]
+        frames, per_row = trajectory(source.model.pipeline(), 8, generator)
         save_png(out / "trajectory.png", grid_image(frames, per_row), hint)
 
 

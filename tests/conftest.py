@@ -106,3 +106,23 @@ def save_vae_checkpoint(path: Path, seed: int = 0, **vae_kwargs) -> Path:
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
+
+
+def make_ldm(first_stage, *, unet=None, objective=None, sampler=None, scale: float | None = 1.0, **kwargs):
+    """A small LatentDiffusionModule on `first_stage` (a VAE checkpoint path, ...): linear-100 eps DDPM
+    with DDIM 10 unless told otherwise, its latent scale set to `scale` as the latent cache would."""
+    import functools
+
+    from ldm.diffusion import DDIMSampler, EpsilonPrediction, NoiseSchedule, linear
+    from ldm.diffusion.objectives import DiffusionObjective
+    from ldm.models.unet import UNet
+    from ldm.systems.latent_diffusion import LatentDiffusionModule
+
+    module = LatentDiffusionModule(
+        unet=unet or UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1),
+        objective=objective or DiffusionObjective(NoiseSchedule(linear(100)), EpsilonPrediction()),
+        sampler=sampler or DDIMSampler(num_steps=10), first_stage=first_stage,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3), **kwargs)
+    if scale is not None:
+        module.first_stage.normalizer.set(scale)
+    return module

@@ -29,7 +29,9 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=False, capture_output=True)
+        if subprocess.run(["umount", str(path)], check=False, capture_output=True).returncode != 0:
+            # Still busy (a child process that was killed on purpose may not be reaped yet): detach now.
+            subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
 def remount(path: Path, options: str) -> None:

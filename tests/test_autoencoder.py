@@ -13,7 +13,8 @@ from ldm.models.distributions import DiagonalGaussian
 def test_shapes(channels: int) -> None:
     vae = AutoencoderKL(in_channels=channels, hidden_channels=(8, 16, 16))
     x = torch.rand(3, channels, 28, 28)
-    mean, logvar = vae.encode(x)
+    posterior = vae.encode(x)
+    mean, logvar = posterior.mean, posterior.logvar
     assert vae.latent_shape == (4, 7, 7)
     assert mean.shape == logvar.shape == (3, 4, 7, 7)
     assert vae.decode(mean).shape == x.shape
@@ -26,7 +27,7 @@ def test_shapes(channels: int) -> None:
 def test_latent_shape_follows_config() -> None:
     vae = AutoencoderKL(image_size=32, latent_channels=2, hidden_channels=(8, 8, 8, 8))
     assert vae.latent_shape == (2, 4, 4)
-    assert vae.encode(torch.rand(1, 1, 32, 32))[0].shape == (1, 2, 4, 4)
+    assert vae.encode(torch.rand(1, 1, 32, 32)).mean.shape == (1, 2, 4, 4)
 
 
 def test_invalid_config_is_rejected() -> None:

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose_cfg, save_vae_checkpoint
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "debug", "experiment"]
-LDM_GROUPS = ["schedule", "parameterization", "sampler", "weighting"]  # exist under model=ldm
+LDM_GROUPS = ["objective", "first_stage", "schedule", "parameterization", "sampler", "weighting"]  # under model=ldm
+FLOW_SAMPLERS = {"sampler=euler", "sampler=heun", "sampler=flow_ancestral"}  # need objective=flow
 
 
 def _options(group: str) -> list[str]:
@@ -32,14 +33,24 @@ def test_every_group_has_options() -> None:
     assert all(_options(group) for group in GROUPS + LDM_GROUPS)
 
 
+def test_flow_and_pixel_compose_together(tmp_path: Path, mnist_dir: Path) -> None:
+    """objective=flow picks a flow sampler; first_stage=pixel trains on the images with a 1-channel UNet."""
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", "objective=flow", "first_stage=pixel"])
+    assert cfg.vae_ckpt is None and cfg.data._target_ == "ldm.data.mnist.MNISTDataModule"
+    model = hydra.utils.instantiate(cfg.model)
+    assert type(model.objective).__name__ == "FlowMatching" and type(model.sampler).__name__ == "FlowAncestralSampler"
+    assert type(model.first_stage).__name__ == "IdentityFirstStage" and model.unet.in_channels == 1
+
+
 @pytest.mark.parametrize("override", CASES)
 def test_config_composes_and_builds(override: str, tmp_path: Path, mnist_dir: Path, vae_ckpt: Path) -> None:
     ldm = override.split("=")[0] in LDM_GROUPS or override in ("data=latents", "model=ldm", "experiment=ldm_mnist")
     base = ["model=ldm", f"vae_ckpt={vae_ckpt}"] if ldm else []
+    base += ["objective=flow"] if override in FLOW_SAMPLERS else []
     cfg = compose_cfg(tmp_path, mnist_dir, [*base, override])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    hydra.utils.instantiate(cfg.data)
-    hydra.utils.instantiate(cfg.model)
+    model = hydra.utils.instantiate(cfg.model)
+    hydra.utils.instantiate(cfg.data, **({"first_stage": model.first_stage} if "first_stage" in cfg.data else {}))
     for name, node in (cfg.get("logger") or {}).items():
         if name == "tensorboard" and not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
             continue  # optional dependency

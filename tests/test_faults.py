@@ -116,14 +116,17 @@ def test_a_checkpoint_with_nan_weights_is_never_written() -> None:
     ("overrides", "expected"),
     [
         (["schedule=linear", "schedule.coefficients.beta_end=1.5"],
-         "model.schedule.coefficients: need 0 < beta_start <= beta_end < 1"),
-        (["schedule.coefficients.tau=0"], "model.schedule.coefficients: need start < end and tau > 0"),
+         "model.objective.schedule.coefficients: need 0 < beta_start <= beta_end < 1"),
+        (["schedule.coefficients.tau=0"], "model.objective.schedule.coefficients: need start < end and tau > 0"),
         (["schedule.coefficients.num_timesteps=0"], "num_timesteps must be a positive int, got 0"),
         (["sampler.num_steps=2000"], "model: num_steps=2000 exceeds the schedule's num_timesteps=1000"),
-        (["conditioning=class", "conditioning.guidance=-1"], "model.conditioning: guidance=-1 must be >= 0"),
+        (["conditioning=class", "conditioning.guidance=-1"], "model.conditioning: guidance=-1 must be a finite number >= 0"),
         (["conditioning=class", "conditioning.p_uncond=1.5"], "conditioning.p_uncond=1.5 must be in [0, 1]"),
         (["model.unet.in_channels=3"], "set model.unet.in_channels=4"),
         (["model.compile=fast"], "model.compile='fast' is not valid"),
+        (["objective=flow", "objective.time_distribution=beta"], "time_distribution='beta' is not valid"),
+        (["objective=flow", "sampler=ddim"], "DDIMSampler cannot sample a FlowMatching model"),
+        (["sampler=heun"], "HeunSampler cannot sample a DiffusionObjective model"),
     ],
 )
 def test_invalid_config_values_stop_before_any_work_with_one_line(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg, save_vae_checkpoint
-from ldm.diffusion import DDIMSampler, DDPMSampler, DPMSolverPP2M, EpsilonPrediction, NoiseSchedule, linear
+from conftest import compose_cfg, make_ldm, save_vae_checkpoint
+from ldm.diffusion import DDIMSampler, DDPMSampler, DPMSolverPP2M
 from ldm.diffusion.guidance import ClassConditioning, guide
+from ldm.guard import NonFiniteError
 from ldm.models.unet import UNet
 from ldm.prompts import parse_digits
 from ldm.systems.latent_diffusion import LatentDiffusionModule
@@ -47,11 +47,8 @@ def _module(vae_ckpt: Path, conditional: bool = True) -> LatentDiffusionModule:
     with torch.no_grad():  # perturb the zero-initialised layers so labels reach the output
         for p in unet.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    return LatentDiffusionModule(
-        unet=unet, schedule=NoiseSchedule(linear(100)), parameterization=EpsilonPrediction(),
-        sampler=DDIMSampler(num_steps=5), vae=vae_ckpt, optimizer=functools.partial(torch.optim.Adam),
-        conditioning=ClassConditioning(guidance=3.0) if conditional else None,
-    ).eval()
+    return make_ldm(vae_ckpt, unet=unet, sampler=DDIMSampler(num_steps=5),
+                    conditioning=ClassConditioning(guidance=3.0) if conditional else None).eval()
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +62,10 @@ def test_guidance_zero_and_one_are_exactly_the_plain_models(vae_ckpt: Path) -> N
     net = module.ema.model
     with torch.no_grad():
         null = torch.full_like(y, 10)
-        assert torch.equal(module.guided_network(y, 0.0)(x, t), net(x, t, null))
-        assert torch.equal(module.guided_network(y, 1.0)(x, t), net(x, t, y))
+        assert torch.equal(module.pipeline().guided_network(y, 0.0)(x, t), net(x, t, null))
+        assert torch.equal(module.pipeline().guided_network(y, 1.0)(x, t), net(x, t, y))
         cond, uncond = net(x, t, y), net(x, t, null)
-        torch.testing.assert_close(module.guided_network(y, 3.0)(x, t), guide(cond, uncond, 3.0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(module.pipeline().guided_network(y, 3.0)(x, t), guide(cond, uncond, 3.0), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(cond, uncond)  # the label matters
 
 
@@ -109,6 +106,13 @@ def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:
         run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "prompt=twelve", f"out={tmp_path}"]))
     with pytest.raises(ValueError, match="class ids in 0..9"):
         run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "labels=[1,10]", f"out={tmp_path}"]))
+    # A guidance scale so large that the samples overflow: refused, never written as black digits.
+    with pytest.raises(NonFiniteError, match="NaN/Inf"):
+        run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "num_samples=4", "guidance=1e300", f"out={tmp_path / 'big'}",
+                      "device=cpu"]))
+    assert not (tmp_path / "big" / "samples.npz").exists()
+    with pytest.raises(ValueError, match="guidance=inf must be a finite number"):
+        run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "guidance=inf", f"out={tmp_path / 'big'}"]))
 
 
 def test_conditional_train_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:

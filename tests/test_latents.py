@@ -46,9 +46,9 @@ def test_cache_contents_match_the_encoder(mnist_dir: Path, vae_ckpt: Path, tmp_p
     assert dm.latent_shape == (4, 7, 7)
     test = dm.splits["test"].tensors
     images = dm.images.splits["test"].batch(torch.arange(5))
-    mean, logvar = load_vae(vae_ckpt).encode(images["image"])
-    torch.testing.assert_close(test["mean"][:5], mean, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(test["std"][:5], (0.5 * logvar).exp(), atol=1e-5, rtol=1e-4)
+    posterior = load_vae(vae_ckpt).encode(images["image"])
+    torch.testing.assert_close(test["mean"][:5], posterior.mean, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(test["std"][:5], posterior.std, atol=1e-5, rtol=1e-4)
     assert torch.equal(test["label"][:5], images["label"])
 
 
@@ -105,10 +105,15 @@ def test_a_valid_cache_in_a_read_only_folder_is_used(mnist_dir: Path, vae_ckpt: 
         _datamodule(mnist_dir, save_vae_checkpoint(tmp_path / "other.ckpt", seed=3), folder / "cache")
 
 
-def test_served_latents_are_normalised_and_resampled(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
-    dm = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache", shift=True)
+def test_the_first_stage_gets_the_latent_scale_and_latents_are_resampled(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+    from ldm.checkpoints import load_first_stage
+
+    first_stage = load_first_stage(vae_ckpt)  # as train.py hands the model's own to the data module
+    assert not first_stage.normalizer.fitted
+    dm = _datamodule(mnist_dir, first_stage, tmp_path / "cache", shift=True)
+    assert dm.first_stage is first_stage and first_stage.normalizer.fitted
     train = dm.splits["train"]
-    everything = train.batch(torch.arange(len(train)))["latent"]
+    everything = first_stage.normalizer.normalize(train.batch(torch.arange(len(train)))["latent"])
     assert abs(everything.mean().item()) < 0.05 and abs(everything.var().item() - 1.0) < 0.1
     a, b = train.batch([0, 1]), train.batch([0, 1])
     assert not torch.equal(a["latent"], b["latent"])  # fresh eps each time

@@ -245,13 +245,13 @@ def test_ldm_resume_keeps_the_vae_it_was_trained_on(tmp_path: Path, mnist_dir: P
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 8  # 256 latents / 64, two epochs
     vae_a = load_vae(a).state_dict()
-    assert all(torch.equal(checkpoint["state_dict"][f"vae.{k}"], v) for k, v in vae_a.items())
+    assert all(torch.equal(checkpoint["state_dict"][f"first_stage.{k}"], v) for k, v in vae_a.items()
+               if not k.startswith("normalizer."))
     model = LatentDiffusionModule.from_checkpoint(last)
-    assert checkpoint["ldm"]["vae_sha256"] == model.vae_sha256
+    assert checkpoint["ldm"]["first_stage_sha256"] == model.first_stage_sha256
     assert len(list((tmp_path / ".cache" / "ldm").glob("latents-*.pt"))) == 1  # A's latents, never B's
     # Handing the module another VAE than its checkpoint's is refused, not mixed.
-    other = LatentDiffusionModule.from_checkpoint(last)
-    other.vae.load_state_dict(load_vae(b).state_dict())
+    other = LatentDiffusionModule(**{**checkpoint["hyper_parameters"], "first_stage": b})
     with pytest.raises(CheckpointError, match="trained on the latents of another VAE"):
         other.on_load_checkpoint(checkpoint)
 
@@ -286,3 +286,41 @@ def test_a_run_refused_in_another_runs_folder_changes_none_of_its_files(tmp_path
     for name, content in before.items():
         assert after[name] == content or (name == "train.log" and after[name].startswith(content)), name
     assert len(list((run / ".hydra").iterdir())) == 2
+
+
+HOLD_LOCK = "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(120)"
+
+
+def hold_lock(path: Path) -> subprocess.Popen:
+    """A second real process holding `path`'s lock, as a concurrent train.py / sample.py does while it works."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_the_same_run_resumed_twice_at_once_is_refused(tmp_path: Path, mnist_dir: Path) -> None:
+    """While one process trains in a run folder (it holds the folder's OS lock), a second `ckpt_path=`
+    resume of that run is refused before it writes anything (before: both trained, interleaving
+    metrics.csv and overwriting each other's checkpoints). The holder is a real second process."""
+    train(compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "trainer.max_epochs=1"]))
+    run = tmp_path / "run"
+    before = _snapshot(run)
+    holder = hold_lock(run / ".run.lock")
+    try:
+        with pytest.raises(Exception) as raised:
+            train(compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run="x"))
+        assert "is in use by another training process" in str(user_error(raised.value))
+        assert _snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    train(compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run="x"))
+
+
+def test_an_unwritable_path_is_not_called_a_full_disk(tmp_path: Path) -> None:
+    """A real read-only place (/proc): the message says what failed, not that the disk is full."""
+    from ldm.io import atomic_write
+
+    with pytest.raises(WriteError) as raised:
+        atomic_write(Path("/proc/ldm-test/metrics.json"), lambda tmp: tmp.write_text("{}"))
+    assert "full" not in str(raised.value) and "/proc/ldm-test/metrics.json" in str(raised.value)

@@ -23,10 +23,25 @@ RUN = [
 ]  # 256 train images / 32 = 8 steps per epoch; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, ...
 
 
-def _train(root: Path, vae: Path, mnist_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+# The same run for flow matching in pixel space (no VAE): 8x28x28 digits make the same 8 steps per epoch.
+PIXEL_FLOW = ["objective=flow", "first_stage=pixel", "data.val_size=64",
+              *[o for o in RUN if not o.startswith("data.images.")]]
+
+
+def _train(root: Path, vae: Path | None, mnist_dir: Path, *extra: str, run: list[str] = RUN) -> subprocess.CompletedProcess:
     env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(ROOT / "tests")}
-    cmd = [sys.executable, str(ROOT / "train.py"), *RUN, f"vae_ckpt={vae}", f"paths.root_dir={root}", *extra]
+    first_stage = [f"vae_ckpt={vae}"] if vae is not None else []
+    cmd = [sys.executable, str(ROOT / "train.py"), *run, *first_stage, f"paths.root_dir={root}", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:  # the denoiser, its EMA, the normaliser: bit-for-bit on CPU
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-6, msg=key)
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=1e-9)
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
 
 
 def _last(root: Path) -> Path:
@@ -56,14 +71,24 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, mni
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "resuming from a checkpoint that ended before the epoch ended" not in resumed.stderr
         b = torch.load(_last(root), weights_only=True)
-        assert b["global_step"] == 16
-        assert a["state_dict"].keys() == b["state_dict"].keys()
-        for key in a["state_dict"]:  # the denoiser, its EMA, the normaliser: bit-for-bit on CPU
-            torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-6, msg=key)
-        for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-            torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=1e-9)
-        assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
+        _assert_same_state(a, b)
         assert b.get("wandb_run_id") == run_id  # None with the CSV logger; the W&B test checks the id
+
+
+def test_flow_matching_in_pixel_space_resumes_exactly(tmp_path: Path, mnist_dir: Path) -> None:
+    """The continuous-time objective draws t and eps from the same per-step seeds: a SIGTERM at step 11
+    and a resume end exactly where the uninterrupted run does."""
+    straight = _train(tmp_path / "straight", None, mnist_dir, run=PIXEL_FLOW)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    root = tmp_path / "stopped"
+    stopped = _train(root, None, mnist_dir, "+callbacks.kill._target_=faults.SignalAtStep", "+callbacks.kill.step=11",
+                     run=PIXEL_FLOW)
+    assert stopped.returncode == 128 + 15, stopped.stderr[-3000:]
+    resumed = _train(root, None, mnist_dir, "ckpt_path=last", run=PIXEL_FLOW)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (torch.load(_last(r), weights_only=True) for r in (tmp_path / "straight", root))
+    assert a["global_step"] == 16 and any(k.startswith("first_stage.normalizer") for k in a["state_dict"])
+    _assert_same_state(a, b)
 
 
 def test_last_checkpoint_is_the_final_state_even_when_the_best_is_older(tmp_path: Path, mnist_dir: Path) -> None:

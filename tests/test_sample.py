@@ -3,7 +3,6 @@ values as one-line errors; sampling in parts that survive SIGTERM and a full dis
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -18,13 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, save_vae_checkpoint
+from conftest import ROOT, make_ldm, save_vae_checkpoint
 from mounts import remount, tmpfs
 from ldm.checkpoints import CheckpointError, record_latest
+from ldm.errors import ConfigError
 from ldm.io import WriteError
-from ldm.diffusion import DDIMSampler, EpsilonPrediction, NoiseSchedule, linear
-from ldm.models.unet import UNet
-from ldm.systems.latent_diffusion import LatentDiffusionModule
 
 
 def _compose(overrides: list[str]):
@@ -43,11 +40,7 @@ def _compose(overrides: list[str]):
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpts")
     vae = save_vae_checkpoint(root / "vae.ckpt")
-    module = LatentDiffusionModule(
-        unet=UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1),
-        schedule=NoiseSchedule(linear(100)), parameterization=EpsilonPrediction(),
-        sampler=DDIMSampler(num_steps=10), vae=vae, optimizer=functools.partial(torch.optim.Adam),
-    )
+    module = make_ldm(vae)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(root / "ldm.ckpt")
@@ -75,7 +68,7 @@ def test_defaults_to_the_latest_ldm_and_draws_a_trajectory(checkpoints, tmp_path
 
     record_latest(tmp_path / "registry", "ldm", checkpoints["ldm"])
     cfg = _compose([f"registry_dir={tmp_path / 'registry'}", "num_samples=2", f"out={tmp_path}", "device=cpu",
-                    "trajectory=true", "sampler.num_steps=5"])
+                    "trajectory=true", "steps=5"])
     run(cfg)
     assert (tmp_path / "trajectory.png").is_file()
 
@@ -207,3 +200,39 @@ def test_a_full_disk_keeps_the_samples_and_the_same_command_continues(
             again = np.load(run(cfg))["images"]
         assert f"Continuing: {kept} of 10 batches" in caplog.text
         assert np.array_equal(again, reference) and (disk / "out" / "grid.png").stat().st_size > 0
+
+
+def test_a_second_sampler_on_the_same_out_folder_is_refused(checkpoints, tmp_path: Path) -> None:
+    """Two sample.py on one out= folder (before: one crashed with a traceback, parts were left): the
+    second is refused while the first (here a real second process holding its lock) works."""
+    from sample import run
+    from test_real_faults import hold_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = hold_lock(out / ".sampling.lock")
+    try:
+        with pytest.raises(ConfigError, match="Another sample.py is writing to out="):
+            run(_compose([f"ckpt={checkpoints['vae']}", "num_samples=2", f"out={out}", "device=cpu"]))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "samples.npz").exists() and not (out / ".parts").exists()
+
+
+@pytest.mark.parametrize("damage, message", [("shape", "do not fit the model it records"), ("nan", "holds NaN/Inf weights")])
+def test_damaged_or_nan_weights_are_one_line_not_black_samples(checkpoints, tmp_path: Path, damage: str, message: str) -> None:
+    from sample import run
+
+    checkpoint = torch.load(checkpoints["ldm"], weights_only=True)
+    state = checkpoint["state_dict"]
+    if damage == "shape":
+        state["unet.input_conv.weight"] = torch.zeros(1)
+    else:
+        for key in state:
+            if key.startswith(("unet.", "ema.")) and state[key].is_floating_point():
+                state[key] = torch.full_like(state[key], float("nan"))
+    torch.save(checkpoint, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match=message):
+        run(_compose([f"ckpt={tmp_path / 'bad.ckpt'}", "num_samples=2", f"out={tmp_path / 'out'}", "device=cpu"]))
+    assert not (tmp_path / "out" / "samples.npz").exists()

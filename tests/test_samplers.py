@@ -71,7 +71,7 @@ def _vp_linear_alpha_bar(T: int) -> list[float]:
 def all_samplers() -> list[Sampler]:
     return [
         DDPMSampler(),
-        *(DDIMSampler(num_steps=10, spacing=sp) for sp in SPACINGS),
+        *(DDIMSampler(num_steps=10, eta=0.0, spacing=sp) for sp in SPACINGS),
         *(DPMSolverPP2M(num_steps=10, spacing=sp) for sp in SPACINGS),
     ]
 
@@ -217,7 +217,7 @@ def _scalar_gain(kind: str, steps: list[int], alpha_bar: list[float]) -> float:
 
 @pytest.mark.parametrize(
     ("kind", "sampler"),
-    [("ddim", DDIMSampler(50, spacing=sp)) for sp in SPACINGS]
+    [("ddim", DDIMSampler(50, eta=0.0, spacing=sp)) for sp in SPACINGS]
     + [("dpm", DPMSolverPP2M(20, spacing=sp)) for sp in SPACINGS],
     ids=_id,
 )
@@ -233,8 +233,8 @@ def test_gaussian_oracle_matches_scalar_recursion(kind: str, sampler: Sampler) -
 @pytest.mark.parametrize(
     ("schedule_fn", "sampler"),
     [
-        (cosine, DDIMSampler(50)),
-        (interpolation, DDIMSampler(50)),
+        (cosine, DDIMSampler(50, eta=0.0)),
+        (interpolation, DDIMSampler(50, eta=0.0)),
         (cosine, DPMSolverPP2M(20)),
         (linear, DPMSolverPP2M(20)),
         (interpolation, DPMSolverPP2M(20)),
@@ -294,8 +294,8 @@ def test_denoiser_from_network_and_parameterization(param) -> None:
         return param.target(*oracle(x_t, t), alpha, sigma)
 
     x_T = torch.randn(4, 3)
-    expected = sample(oracle, schedule, DDIMSampler(10), x_T.shape, x_T=x_T)
-    got = sample(denoiser_from(network, param, schedule), schedule, DDIMSampler(10), x_T.shape, x_T=x_T)
+    expected = sample(oracle, schedule, DDIMSampler(10, eta=0.0), x_T.shape, x_T=x_T)
+    got = sample(denoiser_from(network, param, schedule), schedule, DDIMSampler(10, eta=0.0), x_T.shape, x_T=x_T)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 

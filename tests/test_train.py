@@ -6,11 +6,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg
-from ldm.checkpoints import find_latest, load_vae
+from conftest import ROOT, compose_cfg
+from ldm.checkpoints import CheckpointError, find_latest, load_vae
 from train import train
 
 TINY = [
@@ -80,6 +81,41 @@ LDM_TINY = [
     "callbacks.images.num_images=4",
     "callbacks.images.every_n_epochs=1",
 ]
+
+
+PIXEL_TINY = ["debug=fast", "trainer=cpu", "data.val_size=64", "data.batch_size=64", "model.unet.base_channels=8",
+              "model.unet.num_res_blocks=1", "model.unet.channel_mults=[1,2]", "sampler.num_steps=3",
+              "callbacks.images.num_images=4", "callbacks.images.every_n_epochs=1", "trainer.max_epochs=2"]
+
+
+def test_pixel_space_flow_matching_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
+    """The no-VAE baseline with the flow objective: trains on the images, needs no VAE run, records
+    its checkpoint, draws its figures; sample.py then uses the sampler it was trained with."""
+    from sample import run as sample
+
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", "objective=flow", "first_stage=pixel", *PIXEL_TINY,
+                                            "callbacks.sample_quality=null"])
+    metrics = train(cfg)
+    assert {"train/loss_epoch", "val/loss", "test/loss"} <= set(metrics)
+    run = tmp_path / "run"
+    for figure in ("samples", "forward_corruption", "denoising_trajectory"):
+        assert (run / "images" / f"{figure}_epoch001.png").is_file()
+    assert not (tmp_path / ".cache" / "ldm").exists()  # no latent cache in pixel space
+    ckpt = find_latest(tmp_path / "logs" / "latest", "ldm")
+    with pytest.raises(CheckpointError, match="pixel-space model"):
+        load_vae(ckpt)
+    path = sample(_compose_sample([f"ckpt={ckpt}", "num_samples=5", f"out={tmp_path / 's'}", "device=cpu"]))
+    assert np.load(path)["images"].shape == (5, 28, 28)
+    assert "FlowAncestralSampler(num_steps=3" in json.loads((tmp_path / "s" / "sampling.json").read_text())["generator"]
+
+
+def _compose_sample(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("sample", overrides=overrides)
 
 
 def test_train_vae_then_ldm_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
@@ -178,14 +214,17 @@ def test_ddp_two_cpu_processes_every_stage(tmp_path: Path, mnist_dir: Path) -> N
         "classifier": ["model=classifier", *[o for o in no_cpu(TINY) if "model.vae" not in o], "model.classifier.width=8", "callbacks.images=null"],
         "ldm": ["model=ldm", *no_cpu(LDM_TINY), "callbacks.sample_quality.every_n_epochs=1",
                 "callbacks.sample_quality.num_samples=16", "callbacks.sample_quality.batch_size=8"],
+        "ldm (flow, pixel)": ["model=ldm", "objective=flow", "first_stage=pixel", *no_cpu(PIXEL_TINY),
+                              "callbacks.sample_quality=null"],
     }
     for stage, overrides in stages.items():
         output = _train_subprocess(tmp_path, mnist_dir, *overrides, *DDP)
+        if stage == "ldm":
+            assert output.count("Encoding MNIST") == 1
         assert "RANKS AGREE" in output, (stage, output[-3000:])
         assert (stage == "vae") == ("lr_scaling=linear: effective batch x2" in output)
-        assert find_latest(tmp_path / "logs" / "latest", stage).is_file()
-    assert output.count("Encoding MNIST") == 1
-    metrics = sorted((tmp_path / "logs" / "ldm" / "runs").glob("*/csv/metrics.csv"))[-1].read_text()
+        assert find_latest(tmp_path / "logs" / "latest", stage.split()[0]).is_file()
+    metrics = sorted((tmp_path / "logs" / "ldm" / "runs").glob("*/csv/metrics.csv"))[-2].read_text()
     assert "val/fid" in metrics and "val/kid" in metrics
 
 
@@ -209,13 +248,20 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 
     from conftest import ROOT
 
-    env = {k: v for k, v in os.environ.items() if k != "LDM_DATA_DIR"}
-    for args, message in (
-        (["model=ldm"], "python train.py model=vae"),
-        (["model=vae", "model.recon_loss=huber"], "model.recon_loss='huber'"),
-        (["model=vae", "data.download=false"], "Put the four official files there"),
+    env = {k: v for k, v in os.environ.items() if k not in ("LDM_DATA_DIR", "HYDRA_FULL_ERROR")}
+    (tmp_path / "afile").write_text("not a folder")
+    for script, args, message in (
+        ("train.py", ["model=ldm"], "python train.py model=vae"),
+        ("train.py", ["model=vae", "model.recon_loss=huber"], "model.recon_loss='huber'"),
+        ("train.py", ["model=vae", "data.download=false"], "Put the four official files there"),
+        # Errors Hydra meets before the task starts: a config name, a key typo, a run folder that cannot be made.
+        ("train.py", ["model=vea"], "Could not find 'model/vea' Available options in 'model': classifier ldm vae"),
+        ("train.py", ["model=vae", "trainer.max_epoch=1"], "To append to your config use +trainer.max_epoch=1"),
+        ("train.py", ["model=vae", f"paths.log_dir={tmp_path / 'afile'}"], "Not a directory"),
+        ("sample.py", [f"out={tmp_path / 'afile'}"], "Cannot create the output folder"),
+        ("train.py", ["model=vae", "model.beta=nan"], "model.beta=nan"),
     ):
-        result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={tmp_path}"],
+        result = subprocess.run([sys.executable, str(ROOT / script), *args, f"paths.root_dir={tmp_path}"],
                                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         output = result.stdout + result.stderr
         assert result.returncode == 1 and message in output and "Traceback" not in output, output[-2000:]

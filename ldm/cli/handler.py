@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any, Callable, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -116,10 +116,13 @@ def install_signal_handlers() -> None:
 # --- entry points ------------------------------------------------------------------------------
 
 _failed_jobs: list[str] = []
+_task_started = False  # errors before it (composing the config, creating the run folder) are Hydra's
 
 
 def run_task(task: Callable[[Any], T], cfg: Any, logger: logging.Logger = log) -> T | None:
     """`task(cfg)`, with its user errors reported as one line (see the module docstring)."""
+    global _task_started
+    _task_started = True
     try:
         return task(cfg)
     except _Signal as stop:
@@ -137,10 +140,37 @@ def run_task(task: Callable[[Any], T], cfg: Any, logger: logging.Logger = log) -
     raise SystemExit(cause.exit_code) from None
 
 
+def _startup_error(error: BaseException) -> UserError | None:
+    """What went wrong before the task started, told in one line: a bad override or config name
+    (Hydra's messages span lines and end with advice about HYDRA_FULL_ERROR), or a run folder
+    that cannot be created (`out=` naming a file, a read-only place)."""
+    if isinstance(error, HydraException):
+        text = str(error).split("Config search path")[0]
+        skip = ("full_key:", "object_type=", "Set the environment variable HYDRA_FULL_ERROR")
+        return ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(skip)))
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        return ConfigError(f"Cannot create the output folder ({where}{error.strerror or error}): point out= / "
+                           "hydra.run.dir / paths.log_dir at a folder that can be created")
+    return None
+
+
 def main(hydra_main: Callable[[], Any]) -> None:
-    """Run a `@hydra.main` function as a command: signal handlers, then failed multirun jobs -> exit 1."""
+    """Run a `@hydra.main` function as a command: signal handlers, one-line errors from composing
+    the config too, then failed multirun jobs -> exit 1."""
     install_signal_handlers()
-    hydra_main()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing: we tell it in one line
+    try:
+        hydra_main()
+    except _Signal as stop:
+        log.error("Stopped by %s before the run started; nothing was written", stop)
+        sys.exit(128 + stop.signum)
+    except Exception as error:
+        found = user_error(error) if _task_started else (_startup_error(error) or user_error(error))
+        if found is None:
+            raise  # a bug: keep the traceback
+        log.error("%s", one_line(found))
+        sys.exit(found.exit_code)
     if _failed_jobs:
         log.error("%d multirun job(s) failed:\n  %s", len(_failed_jobs), "\n  ".join(_failed_jobs))
         sys.exit(1)

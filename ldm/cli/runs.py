@@ -10,14 +10,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import lightning as L
 import torch
+from filelock import FileLock, Timeout
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -42,7 +44,8 @@ def check_run(cfg: DictConfig, kind: str | None) -> None:
         raise ConfigError("train=false test=false leaves nothing to do")
     if not cfg.train and cfg.get("ckpt_path") is None:
         raise ConfigError("train=false tests a trained checkpoint: pass ckpt_path=PATH (or ckpt_path=last)")
-    if kind == "ldm" and OmegaConf.select(cfg, "data.vae_ckpt") is None:
+    latent = OmegaConf.select(cfg, "vae_ckpt", throw_on_resolution_failure=False) is not None
+    if kind == "ldm" and latent and "first_stage" not in cfg.data:
         raise ConfigError("model=ldm trains on the VAE latents of an image dataset, but data= replaced the latent data: "
                           "choose the images with data@data.images=NAME (e.g. data@data.images=fashion_mnist) instead")
 
@@ -69,6 +72,8 @@ def use_checkpoint(cfg: DictConfig, kind: str | None) -> None:
 
 
 def _keep_own_vae(cfg: DictConfig, ldm_ckpt: Path) -> None:
+    if OmegaConf.to_container(cfg, resolve=False).get("vae_ckpt") is None:
+        return  # a pixel-space model (first_stage=pixel): no VAE to keep
     configured = OmegaConf.select(cfg, "vae_ckpt", throw_on_resolution_failure=False)
     cfg.vae_ckpt = str(ldm_ckpt)  # load_vae reads the VAE an LDM checkpoint holds
     try:
@@ -82,6 +87,23 @@ def _keep_own_vae(cfg: DictConfig, ldm_ckpt: Path) -> None:
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@contextlib.contextmanager
+def lock_run(output_dir: Path) -> Iterator[None]:
+    """One training process per run folder: a second one (the same `ckpt_path=last` started twice)
+    is refused before it writes anything. An OS lock: a killed process holds it no longer."""
+    lock = FileLock(str(output_dir / ".run.lock"), timeout=0)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{output_dir} is in use by another training process (the same run started twice?): wait "
+                          "for it to finish, or stop it and resume with ckpt_path=last") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def record_config(cfg: DictConfig, output_dir: Path) -> Path:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.checkpoints import find_latest
 from ldm.cli.typecheck import check_config, check_values
-from ldm.sampling import Request, config_hints, draw, sampler_node
+from ldm.sampling import Request, config_hints, draw
 
 
 def plain(cfg: DictConfig, keys: Iterable[str]) -> dict[str, Any]:
@@ -26,6 +26,7 @@ def draw_from_config(cfg: DictConfig, values: dict[str, Any] | None = None) -> P
         values = plain(cfg, hints)
         check_values(values, hints)
     ckpt = Path(values["ckpt"]) if values["ckpt"] else find_latest(values["registry_dir"], "ldm", key="ckpt")
-    node = sampler_node(OmegaConf.to_container(cfg.sampler, resolve=True), values["steps"], values["eta"])
-    check_config(node, "sampler")
-    return draw(Request.from_values(values), ckpt, hydra.utils.instantiate(node))
+    node = OmegaConf.to_container(cfg.sampler, resolve=True) if "sampler" in cfg and cfg.sampler is not None else None
+    if node is not None:
+        check_config(node, "sampler")
+    return draw(Request.from_values(values), ckpt, None if node is None else hydra.utils.instantiate(node))

@@ -1,17 +1,19 @@
 """Latents of an image dataset, encoded once by a frozen VAE and cached on disk.
 
-`prepare_data` encodes the train/val/test images with the VAE encoder (eval, no grad, batched, on
-the accelerator in use) and stores each image's posterior mean and std plus its label, and the
-normalisation (`LatentNormalizer`: scale = 1/std over the whole training set, optional shift).
-The file is named by a key that hashes the VAE weights, the images and the preprocessing, so
+`prepare_data` encodes the train/val/test images of an image source (`ldm.data.source`) with the
+first stage's encoder (eval, no grad, batched, on the accelerator in use) and stores each image's
+posterior mean and std plus its label, and the latent statistics (scale = 1/std over the whole
+training set, optional shift), which `setup` fits into the first stage's normaliser: the scale
+lives with the first stage (`ldm.models.first_stage`), and the LDM's checkpoint keeps it.
+The file is named by a key that hashes the first stage's weights and the source's fingerprint, so
 runs and sweep jobs with the same VAE share one cache and a new VAE gets a new one. It also
 holds a sha256 of its tensors, checked at every load: a truncated, corrupt (even a few zeroed
 bytes inside a tensor) or foreign file is rebuilt with a warning. Writes are atomic and under a
 file lock; under DDP the first process of each node builds and the others wait for it. A valid
 cache in a read-only folder is used as it is.
 
-Served batches are `{"latent", "label"}` with latent = normalised (mean + std * eps), a fresh
-eps every step (`mode="sample"`), or the mean (`mode="mean"`; validation and test always use
+Served batches are `{"latent", "label"}` with latent = mean + std * eps (not yet normalised), a
+fresh eps every step (`mode="sample"`), or the mean (`mode="mean"`; validation and test always use
 the mean so their losses are comparable across epochs). The tensors stay resident on the
 training device: all of MNIST's latents are ~90 MB.
 """
@@ -28,44 +30,43 @@ import torch
 from filelock import FileLock
 from torch import Tensor
 
-from ldm.checkpoints import load_vae
+from torch import nn
+
+from ldm.checkpoints import load_first_stage
 from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for
-from ldm.data.mnist import MNISTDataModule
+from ldm.data.source import SPLITS, ImageSource
 from ldm.data.tensors import Batch, TensorBatchDataset
 from ldm.errors import UserError
 from ldm.io import atomic_write, update_hash
-from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
+from ldm.models.first_stage import FirstStage, weights
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: + payload_sha256
-SPLITS = ("train", "val", "test")
+CACHE_VERSION = 3  # 2: + payload_sha256; 3: keyed by the first stage and the image source's fingerprint
 
 
-def cache_key(vae: AutoencoderKL, images: MNISTDataModule) -> str:
-    """sha256 over the VAE weights, the split images and labels, and the preprocessing."""
+def cache_key(first_stage: nn.Module, images: ImageSource) -> str:
+    """sha256 over the first stage's weights (not its normaliser) and the images' fingerprint."""
     digest = hashlib.sha256(f"ldm-latents-v{CACHE_VERSION}".encode())
-    update_hash(digest, vae.state_dict())
-    digest.update(f"{images.dataset_cls.__name__}:channels={images.channels}:range=[0,1]".encode())
-    for split in SPLITS:
-        update_hash(digest, {f"{split}/{k}": v for k, v in images.splits[split].tensors.items()})
+    update_hash(digest, weights(first_stage))
+    digest.update(images.fingerprint().encode())
     return digest.hexdigest()
 
 
 @torch.no_grad()
-def encode_split(vae: AutoencoderKL, dataset: TensorBatchDataset, batch_size: int, device: torch.device) -> Batch:
+def encode_split(first_stage: FirstStage, dataset: TensorBatchDataset, batch_size: int, device: torch.device) -> Batch:
     """Posterior mean and std (N, *latent_shape) and labels (N,) of every image in `dataset`."""
     means, stds, labels = [], [], []
     for start in range(0, len(dataset), batch_size):
         batch = dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
-        mean, logvar = vae.encode(batch["image"].to(device, non_blocking=True))
-        means.append(mean.float().cpu())
-        stds.append(torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)).cpu())
+        posterior = first_stage.encode(batch["image"].to(device, non_blocking=True))
+        means.append(posterior.mean.float().cpu())
+        stds.append(posterior.std.float().cpu())
         labels.append(batch["label"])
     return {"mean": torch.cat(means), "std": torch.cat(stds), "label": torch.cat(labels)}
 
 
-def estimate_normalizer(train: Batch, shift: bool) -> LatentNormalizer:
+def estimate_statistics(train: Batch, shift: bool) -> tuple[float, float]:
     """Scale (and shift) so that training latents z = mean + std * eps have unit variance.
 
     E[z^2] over the data and eps is E[mean^2] + E[std^2]; without a shift the scale is its root
@@ -75,7 +76,7 @@ def estimate_normalizer(train: Batch, shift: bool) -> LatentNormalizer:
     mean, std = train["mean"].double(), train["std"].double()
     second_moment = mean.pow(2).mean() + std.pow(2).mean()
     center = float(mean.mean()) if shift else 0.0
-    return LatentNormalizer(scale=float((second_moment - center**2).rsqrt()), shift=center)
+    return float((second_moment - center**2).rsqrt()), center
 
 
 class CacheError(UserError, RuntimeError):
@@ -109,25 +110,26 @@ def read_cache(path: Path, key: str) -> dict:
 
 
 class SampleLatent:
-    """Batch transform {"mean", "std", "label"} -> {"latent", "label"}: the one place latents are normalised."""
+    """Batch transform {"mean", "std", "label"} -> {"latent", "label"}: z from the cached posterior."""
 
-    def __init__(self, normalizer: LatentNormalizer, mode: Literal["sample", "mean"]) -> None:
-        self.normalizer, self.mode = normalizer, mode
+    def __init__(self, mode: Literal["sample", "mean"]) -> None:
+        self.mode = mode
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         z = batch["mean"]
         if self.mode == "sample":  # reparameterisation, as the VAE was trained
             eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
             z = z + batch["std"] * eps
-        return {"latent": self.normalizer.normalize(z), "label": batch["label"]}
+        return {"latent": z, "label": batch["label"]}
 
 
 class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
-    """Cached VAE latents of an image DataModule's train/val/test splits.
+    """Cached first-stage latents of an image source's train/val/test splits.
 
     Args:
-        images: the image DataModule whose splits are encoded.
-        vae_ckpt: the VAE checkpoint (a `VAEModule` checkpoint) that encodes them.
+        images: the image source (`ldm.data.source.ImageSource`) whose splits are encoded.
+        first_stage: the first stage that encodes them, whose normaliser `setup` fits: the LDM's own
+            (train.py passes it), or a VAE / LDM checkpoint path.
         cache_dir: where `latents-<key>.pt` files live; shared by runs and sweep jobs.
         batch_size: latents per training batch.
         mode: "sample" draws z = mean + std * eps afresh each step; "mean" uses the mean.
@@ -138,8 +140,8 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
 
     def __init__(
         self,
-        images: MNISTDataModule,
-        vae_ckpt: str | Path,
+        images: ImageSource,
+        first_stage: nn.Module | str | Path,
         cache_dir: str | Path,
         batch_size: int = 512,
         mode: Literal["sample", "mean"] = "sample",
@@ -152,10 +154,11 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
             raise ValueError(f"data.mode={mode!r} is not one of ['mean', 'sample']")
         if batch_size < 1 or encode_batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size} and data.encode_batch_size={encode_batch_size} must be >= 1")
-        self.images, self.vae_ckpt, self.cache_dir = images, Path(vae_ckpt), Path(cache_dir)
+        self.images, self.cache_dir = images, Path(cache_dir)
+        self.first_stage = load_first_stage(first_stage) if isinstance(first_stage, (str, Path)) else first_stage
+        self.source = str(first_stage) if isinstance(first_stage, (str, Path)) else type(first_stage).__name__
         self.batch_size, self.mode, self.shift, self.encode_batch_size = batch_size, mode, shift, encode_batch_size
         self.seed = seed
-        self.normalizer: LatentNormalizer | None = None
         self.splits: dict[str, TensorBatchDataset] = {}
         self.encoded = False  # whether this process (re)built the cache
         self._cache: dict | None = None  # kept from prepare_data so setup in the same process reads nothing
@@ -167,9 +170,7 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
 
     def _load_or_build(self) -> dict:
         self.images.prepare_data()
-        self.images.setup()
-        vae = load_vae(self.vae_ckpt)
-        key = cache_key(vae, self.images)
+        key = cache_key(self.first_stage, self.images)
         path = self.cache_dir / f"latents-{key[:16]}.pt"
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +184,7 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
                     return read_cache(path, key)
                 except CacheError as e:
                     log.warning("Rebuilding the latent cache: %s", e)
-            return self._build(vae, key, path)
+            return self._build(key, path)
         finally:
             lock.release()
 
@@ -197,16 +198,16 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         raise CacheError(f"No latent cache for this VAE in {self.cache_dir}, and it is not writable "
                          f"({error.strerror or error}): set paths.cache_dir to a writable folder") from error
 
-    def _build(self, vae: AutoencoderKL, key: str, path: Path) -> dict:
+    def _build(self, key: str, path: Path) -> dict:
         device = self._device()
-        vae = vae.to(device).eval().requires_grad_(False)
-        log.info("Encoding %s with %s on %s -> %s", self.images.dataset_cls.__name__, self.vae_ckpt, device, path)
-        splits = {s: encode_split(vae, self.images.splits[s], self.encode_batch_size, device) for s in SPLITS}
-        normalizer = estimate_normalizer(splits["train"], self.shift)
+        first_stage = self.first_stage.to(device).eval().requires_grad_(False)
+        log.info("Encoding %s with %s on %s -> %s", type(self.images).__name__, self.source, device, path)
+        splits = {s: encode_split(first_stage, self.images.split(s), self.encode_batch_size, device) for s in SPLITS}
+        scale, shift = estimate_statistics(splits["train"], self.shift)
         cache = {
-            "version": CACHE_VERSION, "key": key, "vae_ckpt": str(self.vae_ckpt), "splits": splits,
-            "payload_sha256": payload_sha256(splits), "latent_shape": list(vae.latent_shape),
-            "scale": float(normalizer.scale), "shift": float(normalizer.shift),
+            "version": CACHE_VERSION, "key": key, "first_stage": self.source, "splits": splits,
+            "payload_sha256": payload_sha256(splits), "latent_shape": list(first_stage.latent_shape),
+            "scale": scale, "shift": shift,
         }
         # A full disk raises WriteError (one line); the temp file is gone, an older cache untouched.
         atomic_write(path, lambda tmp: torch.save(cache, tmp), hint="set paths.cache_dir to another disk")
@@ -223,11 +224,11 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         cache = self._cache if self._cache is not None else self._load_or_build()
         self._cache = None
         device = self._device()
-        self.normalizer = LatentNormalizer(cache["scale"], cache["shift"]).to(device)
+        self.first_stage.normalizer.set(cache["scale"], cache["shift"])
         for split in SPLITS:
             tensors = {k: v.to(device) for k, v in cache["splits"][split].items()}
             mode = self.mode if split == "train" else "mean"
-            self.splits[split] = TensorBatchDataset(tensors, SampleLatent(self.normalizer, mode))
+            self.splits[split] = TensorBatchDataset(tensors, SampleLatent(mode))
         stats = cache["splits"]["train"]["mean"]
         log.info(
             "Latents %s: scale %.4f shift %.4f; train mean per channel %s, std per channel %s",

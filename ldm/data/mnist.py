@@ -7,6 +7,7 @@ conversion to float in [0, 1] (the range the VAE's Bernoulli/sigmoid decoder mod
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 from pathlib import Path
@@ -20,6 +21,7 @@ from ldm.data.idx import IDXError, find_idx_file, read_idx
 from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for
 from ldm.data.tensors import Batch, TensorBatchDataset
 from ldm.errors import ConfigError, UserError
+from ldm.io import update_hash
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,22 @@ class MNISTDataModule(ResumableTrainLoader, L.LightningDataModule):
             x, y = x[: self.subset], y[: self.subset]  # slicing with None keeps everything
             self.splits[name] = TensorBatchDataset({"image": x, "label": y}, transform)
         log.info("%s splits: %s", self.dataset_cls.__name__, {k: len(v) for k, v in self.splits.items()})
+
+    def split(self, name: str) -> TensorBatchDataset:
+        """One split (`ldm.data.source.ImageSource`), preparing and loading the files if needed."""
+        if not self.splits:
+            self.prepare_data()
+            self.setup()
+        if name not in self.splits:
+            raise ValueError(f"split={name!r} is not one of {sorted(self.splits)}")
+        return self.splits[name]
+
+    def fingerprint(self) -> str:
+        """sha256 over every split's images and labels and the preprocessing (`ImageSource`)."""
+        digest = hashlib.sha256(f"{self.dataset_cls.__name__}:channels={self.channels}:range=[0,1]".encode())
+        for name in ("train", "val", "test"):
+            update_hash(digest, {f"{name}/{k}": v for k, v in self.split(name).tensors.items()})
+        return digest.hexdigest()
 
     def _loader(self, split: str, shuffle: bool) -> TensorLoader:
         dataset = self.splits[split]

@@ -42,6 +42,7 @@ class ClassConditioning:
         drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.p_uncond
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)
 
+    @property
     def config(self) -> dict:
         return {"num_classes": self.num_classes, "p_uncond": self.p_uncond, "guidance": self.guidance}
 
@@ -50,8 +51,8 @@ class ClassConditioning:
 
 
 def check_guidance(guidance: float) -> None:
-    if not guidance >= 0.0:
-        raise ValueError(f"guidance={guidance} must be >= 0 (0: unconditional, 1: conditional, > 1: guided)")
+    if not 0.0 <= guidance < float("inf"):
+        raise ValueError(f"guidance={guidance} must be a finite number >= 0 (0: unconditional, 1: conditional, > 1: guided)")
 
 
 def guide(cond: Tensor, uncond: Tensor, guidance: float) -> Tensor:

@@ -41,6 +41,10 @@ class Parameterization(ABC):
     def x0_loss_factor(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         """F with ||output error||^2 = F ||x0 error||^2 at fixed x_t."""
 
+    @property
+    def config(self) -> dict:
+        return {}  # stateless: rebuilt with no arguments (`ldm.serialize`)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -78,7 +78,7 @@ def _randn(
     return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
 
 
-def _transition_var(alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_s: Tensor) -> Tensor:
+def transition_var(alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_s: Tensor) -> Tensor:
     """sigma_{t|s}^2 = sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2 (VDM Sec. 3.2), clamped at 0.
 
     The clamp only absorbs float32 rounding; the schedule guarantees it is >= 0.
@@ -94,7 +94,7 @@ def posterior(
     mean = alpha_{t|s} sigma_s^2/sigma_t^2 x_t + alpha_s sigma_{t|s}^2/sigma_t^2 x0,
     var  = sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
     """
-    var_ts = _transition_var(alpha_t, sigma_t, alpha_s, sigma_s)
+    var_ts = transition_var(alpha_t, sigma_t, alpha_s, sigma_s)
     mean = (alpha_t / alpha_s) * sigma_s**2 / sigma_t**2 * x_t + alpha_s * var_ts / sigma_t**2 * x0
     return mean, var_ts * sigma_s**2 / sigma_t**2
 
@@ -141,6 +141,10 @@ class DDPMSampler(Sampler):
         noise = _randn(x_t.shape, generator, x_t.device, x_t.dtype)
         return mean + var.sqrt() * noise, None
 
+    @property
+    def config(self) -> dict[str, Any]:
+        return {}
+
     def __repr__(self) -> str:
         return "DDPMSampler()"
 
@@ -153,7 +157,7 @@ class DDIMSampler(Sampler):
     eta = 1 reproduces the DDPM posterior between the chosen steps.
     """
 
-    def __init__(self, num_steps: int = 50, eta: float = 0.0, spacing: Spacing = "leading") -> None:
+    def __init__(self, num_steps: int = 50, eta: float = 1.0, spacing: Spacing = "leading") -> None:
         _check_num_steps(num_steps)
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got eta={eta!r}")
@@ -169,11 +173,15 @@ class DDIMSampler(Sampler):
     ) -> tuple[Tensor, Any]:
         alpha_t, sigma_t = schedule.at(t)
         alpha_s, sigma_s = schedule.at(s)
-        c2 = self.eta**2 * _transition_var(alpha_t, sigma_t, alpha_s, sigma_s) * sigma_s**2 / sigma_t**2
+        c2 = self.eta**2 * transition_var(alpha_t, sigma_t, alpha_s, sigma_s) * sigma_s**2 / sigma_t**2
         x_s = alpha_s * x0_hat + (sigma_s**2 - c2).clamp(min=0).sqrt() * eps_hat
         if self.eta > 0 and s != CLEAN:  # c = 0 at CLEAN: draw no noise there
             x_s = x_s + c2.sqrt() * _randn(x_t.shape, generator, x_t.device, x_t.dtype)
         return x_s, None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"num_steps": self.num_steps, "eta": self.eta, "spacing": self.spacing}
 
     def __repr__(self) -> str:
         return f"DDIMSampler(num_steps={self.num_steps}, eta={self.eta}, spacing={self.spacing!r})"
@@ -227,6 +235,10 @@ class DPMSolverPP2M(Sampler):
             d = (1 + half_inv_r) * x0_hat - half_inv_r * state.x0_hat
         x_s = (sigma_s / sigma_t) * x_t - alpha_s * torch.expm1(-h) * d
         return x_s, DPMSolverState(x0_hat=x0_hat, lambda_=lambda_t)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"num_steps": self.num_steps, "spacing": self.spacing}
 
     def __repr__(self) -> str:
         return f"DPMSolverPP2M(num_steps={self.num_steps}, spacing={self.spacing!r})"

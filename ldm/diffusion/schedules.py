@@ -195,6 +195,11 @@ class NoiseSchedule(torch.nn.Module):
         self.register_buffer("sigma", sigma, persistent=False)
 
     @property
+    def config(self) -> dict:
+        """Constructor arguments (`ldm.serialize`): the float32 coefficients themselves, exact on rebuild."""
+        return {"coefficients": [self.alpha.cpu(), self.sigma.cpu()]}
+
+    @property
     def num_timesteps(self) -> int:
         return self.alpha.numel()
 

@@ -35,6 +35,10 @@ class UniformWeight(LossWeight):
     def __call__(self, snr: Tensor, factor: Tensor) -> Tensor:
         return torch.ones_like(torch.broadcast_tensors(snr, factor)[0])
 
+    @property
+    def config(self) -> dict:
+        return {}
+
     def __repr__(self) -> str:
         return "UniformWeight()"
 
@@ -54,6 +58,10 @@ class MinSNRWeight(LossWeight):
 
     def __call__(self, snr: Tensor, factor: Tensor) -> Tensor:
         return snr.clamp(max=self.gamma) / factor
+
+    @property
+    def config(self) -> dict:
+        return {"gamma": self.gamma}
 
     def __repr__(self) -> str:
         return f"MinSNRWeight(gamma={self.gamma})"

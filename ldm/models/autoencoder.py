@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ldm.models.distributions import DiagonalGaussian
+from ldm.models.first_stage import LatentNormalizer
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -118,14 +119,14 @@ class AutoencoderKL(nn.Module):
         self.encoder = Encoder(in_channels, latent_channels, hidden_channels, num_res_blocks)
         self.decoder = Decoder(in_channels, latent_channels, hidden_channels, num_res_blocks)
         self.latent_shape = (latent_channels, image_size // factor, image_size // factor)
+        # The first-stage contract (ldm.models.first_stage): the diffusion model's latent scale
+        # lives with the VAE, unfitted until the latent cache measures it.
+        self.normalizer = LatentNormalizer()
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Images in [0, 1] (B, C, H, W) -> posterior (mean, logvar), each (B, *latent_shape)."""
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """Images in [0, 1] (B, C, H, W) -> the posterior q(z | x) over (B, *latent_shape)."""
         mean, logvar = self.encoder(x).chunk(2, dim=1)
-        return mean, logvar
-
-    def posterior(self, x: Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian(*self.encode(x))
+        return DiagonalGaussian(mean, logvar)
 
     def decode_logits(self, z: Tensor) -> Tensor:
         """Latents (B, *latent_shape) -> per-pixel logits (B, C, H, W)."""
@@ -137,26 +138,6 @@ class AutoencoderKL(nn.Module):
 
     def forward(self, x: Tensor, sample_posterior: bool = True) -> tuple[Tensor, DiagonalGaussian]:
         """Reconstruction logits and the posterior they were decoded from."""
-        posterior = self.posterior(x)
+        posterior = self.encode(x)
         z = posterior.sample() if sample_posterior else posterior.mode()
         return self.decode_logits(z), posterior
-
-
-class LatentNormalizer(nn.Module):
-    """z_n = (z - shift) * scale: brings VAE latents to roughly unit variance for diffusion.
-
-    Rombach et al. 2022 (Sec. 4.3.2, App. G) rescale latents by 1 / std so the noise schedule,
-    designed for unit-variance data, fits them. `scale` and `shift` are estimated once over the
-    whole training set when the latent cache is built, and stored with it and in LDM checkpoints.
-    """
-
-    def __init__(self, scale: float = 1.0, shift: float = 0.0) -> None:
-        super().__init__()
-        self.register_buffer("scale", torch.tensor(float(scale)))
-        self.register_buffer("shift", torch.tensor(float(shift)))
-
-    def normalize(self, z: Tensor) -> Tensor:
-        return (z - self.shift) * self.scale
-
-    def denormalize(self, z_n: Tensor) -> Tensor:
-        return z_n / self.scale + self.shift

@@ -1,11 +1,19 @@
-"""LatentDiffusionModule: a DDPM (Ho et al. 2020) trained on the latents of a frozen VAE.
+"""LatentDiffusionModule: a denoiser trained, by any objective, in the space of a frozen first stage.
 
-Training (DDPM Algorithm 1, in general (alpha, sigma) form): z0 from the latent cache (already
-normalised), t ~ U{0..T-1}, eps ~ N(0, I), x_t = alpha_t z0 + sigma_t eps (DDPM eq. 4), and the
-denoiser regresses the parameterization's target with a per-timestep loss weight. The frozen VAE
-(eval, no grad, outside the optimizer) only decodes samples; its weights ride along in the
-checkpoint, so a checkpoint alone can sample. An EMA copy of the denoiser is used for
-validation and sampling. The sampler is chosen at sampling time and never affects training.
+The module holds no diffusion math: its objective (`ldm.diffusion.objectives`, `ldm.diffusion.flow`)
+draws t and the noise, builds the network input, the target and the weight, and owns the sampling
+loop; the first stage (`ldm.models.first_stage`: the VAE, or the identity for pixel space) maps
+images to the latents it works on and back, with its fitted latent scale. Sampling goes through
+`pipeline()` (`ldm.pipeline`), figures through `ldm.figures`.
+
+Training: x0 = normalize(z), z from the latent cache (already drawn from the VAE's posterior) or
+encoded on the fly from images; loss = the objective's weighted squared error. The frozen first
+stage (eval, no grad, outside the optimizer) rides along in the checkpoint, so a checkpoint alone
+can sample. An EMA copy of the denoiser is used for validation and sampling.
+
+Every component is saved as a spec (`ldm.serialize`: class path + plain values) in the
+checkpoint's hyperparameters, so `LatentDiffusionModule.load_from_checkpoint(path)` (Lightning's)
+and `LatentDiffusionModule.from_checkpoint(path)` (ours: safe load, stage check) both rebuild it.
 """
 
 from __future__ import annotations
@@ -17,105 +25,102 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ldm.checkpoints import CheckpointError, load_checkpoint, load_vae
-from ldm.diffusion import parameterization as parameterization_module
-from ldm.diffusion.guidance import ClassConditioning, check_guidance, guide
-from ldm.diffusion.parameterization import Parameterization
-from ldm.diffusion.samplers import DDIMSampler, Sampler, denoiser_from, sample
-from ldm.diffusion.schedules import NoiseSchedule
-from ldm.diffusion.weighting import LossWeight, UniformWeight
+from ldm import figures
+from ldm.checkpoints import CheckpointError, load_checkpoint, load_first_stage
+from ldm.diffusion.guidance import ClassConditioning
+from ldm.diffusion.objectives import Objective
+from ldm.errors import ConfigError, one_line
 from ldm.io import update_hash
-from ldm.models.autoencoder import AutoencoderKL, LatentNormalizer
+from ldm.models.first_stage import FirstStage, weights
 from ldm.models.unet import UNet
+from ldm.pipeline import DiffusionPipeline
+from ldm.serialize import SpecError, built, spec
 from ldm.systems.compile import Compiled
 from ldm.systems.ema import EMA
 from ldm.systems.optim import configure
 
 log = logging.getLogger(__name__)
 
-VAL_TIMESTEPS = 10  # validation loss on a fixed grid of t so epochs are comparable
-
 
 class LatentDiffusionModule(L.LightningModule):
-    """A latent DDPM. All components are built objects (Hydra builds them from `conf/`).
+    """A diffusion (or flow-matching) model on a frozen first stage. Hydra builds the components.
 
     Args:
-        unet: the denoiser network (x_t, t) -> output.
-        schedule: the noise schedule (alpha_t, sigma_t).
-        parameterization: what the network predicts (eps, x0 or v).
-        sampler: default sampler for validation grids and `sample()`.
-        vae: the VAE whose encoder made the latents (or its checkpoint path); it decodes samples.
+        unet: the denoiser network (x_t, time[, labels]) -> output (or its spec).
+        objective: the training objective, which also owns the sampling loop (or its spec).
+        sampler: the default sampler, of the objective's family (or its spec).
+        first_stage: the frozen first stage: an object, a VAE or LDM checkpoint path, or a spec.
         optimizer: partial optimizer over the denoiser's parameters.
         scheduler: optional partial LR schedule taking (optimizer, total_steps).
-        loss_weight: per-timestep weight of the squared error (uniform by default).
         ema_decay: the decay of the EMA of the denoiser's weights.
         conditioning: class labels with classifier-free guidance (None: unconditional).
         compile: train and sample through `torch.compile` (True or a mode; see `ldm.systems.compile`).
     """
 
     KIND = "ldm"  # checkpoint["ldm"]["kind"]: which stage wrote a checkpoint
+    FORMAT = 2  # checkpoint["ldm"]["format"]: 2 = components saved as specs (objective, first stage)
 
     def __init__(
         self,
-        unet: UNet,
-        schedule: NoiseSchedule,
-        parameterization: Parameterization,
-        sampler: Sampler,
-        vae: AutoencoderKL | str | Path,
+        unet: UNet | dict,
+        objective: Objective | dict,
+        sampler: Any,
+        first_stage: nn.Module | str | Path | dict,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
-        loss_weight: LossWeight | None = None,
         ema_decay: float = 0.999,
-        conditioning: ClassConditioning | None = None,
+        conditioning: ClassConditioning | dict | None = None,
         compile: bool | str = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["unet", "schedule", "parameterization", "sampler", "vae", "optimizer",
-                                          "scheduler", "loss_weight", "conditioning"])
-        source = "the given VAE" if isinstance(vae, AutoencoderKL) else str(vae)
-        self.vae = (vae if isinstance(vae, AutoencoderKL) else load_vae(vae)).eval().requires_grad_(False)
-        if self.vae.latent_shape[0] != unet.in_channels:
-            raise ValueError(
-                f"The VAE ({source}) makes {self.vae.latent_shape} latents but the UNet takes "
-                f"{unet.in_channels} channels: set model.unet.in_channels={self.vae.latent_shape[0]} "
-                "or pass a matching vae_ckpt=PATH"
-            )
-        sampler.timesteps(schedule)  # fails now, not after training, if e.g. num_steps > T
+        unet, objective, sampler = built(unet, UNet), built(objective, Objective), built(sampler, object)
+        conditioning = None if conditioning is None else built(conditioning, ClassConditioning)
+        self._first_stage_from_spec = isinstance(first_stage, dict)  # random weights until a state dict loads
+        first_stage = _first_stage(first_stage)
+        if first_stage.latent_shape[0] != unet.in_channels:
+            raise ValueError(f"The first stage makes {tuple(first_stage.latent_shape)} latents but the UNet takes "
+                             f"{unet.in_channels} channels: set model.unet.in_channels={first_stage.latent_shape[0]}")
+        objective.check_sampler(sampler)  # e.g. num_steps > T fails now, not after training
         wanted = conditioning.num_classes if conditioning else None
         if unet.num_classes != wanted:
             raise ValueError(f"conditioning has {wanted} classes but the UNet {unet.num_classes}: "
                              f"set model.unet.num_classes={wanted}")
-        self.conditioning = conditioning
-        self.unet, self.schedule, self.parameterization, self.sampler = unet, schedule, parameterization, sampler
+        # Plain specs only (never modules): what load_from_checkpoint rebuilds the model from.
+        self.save_hyperparameters({
+            "unet": spec(unet), "objective": spec(objective), "sampler": spec(sampler), "first_stage": spec(first_stage),
+            "ema_decay": ema_decay, "conditioning": spec(conditioning) if conditioning else None, "compile": compile,
+        }, logger=False)
+        self.unet, self.objective, self.sampler, self.conditioning = unet, objective, sampler, conditioning
+        self.first_stage = first_stage.eval().requires_grad_(False)
         self.ema = EMA(unet, ema_decay)
-        self.normalizer = LatentNormalizer()  # set from the latent cache in setup(); saved in checkpoints
-        self.loss_weight = loss_weight or UniformWeight()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.compiled = Compiled(compile)
 
     def setup(self, stage: str) -> None:
-        normalizer = getattr(self.trainer.datamodule, "normalizer", None)
-        if normalizer is not None:  # the cache's statistics; a resumed checkpoint holds the same
-            self.normalizer.load_state_dict(normalizer.state_dict())
+        # The data module has fitted the scale by now (its setup runs first); a resumed checkpoint holds the same.
+        try:
+            self.first_stage.normalizer.check()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def train(self, mode: bool = True) -> "LatentDiffusionModule":
         super().train(mode)
-        self.vae.eval()  # frozen: stays in eval mode whatever Lightning does
+        self.first_stage.eval()  # frozen: stays in eval mode whatever Lightning does
         return self
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The training network's raw output for (x_t, t)."""
-        return self.unet(x_t, t)
+    def forward(self, x_t: Tensor, time: Tensor) -> Tensor:
+        """The training network's raw output for (x_t, time)."""
+        return self.unet(x_t, time)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        z0, labels = batch["latent"], self._labels(batch)
+        x0, labels = self.clean(batch), self._labels(batch)
         if labels is not None:
             labels = self.conditioning.drop_labels(labels)  # learn the unconditional model too
-        t = torch.randint(0, self.schedule.num_timesteps, (len(z0),), device=z0.device)
-        loss = self.diffusion_loss(self.compiled(self.unet), z0, t, torch.randn_like(z0), labels).mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(z0))
+        t = self.objective.draw_times(len(x0), x0.device)
+        loss = self.objective.loss(self.compiled(self.unet), x0, t, torch.randn_like(x0), labels).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x0))
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -126,29 +131,26 @@ class LatentDiffusionModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> Tensor:
         """EMA loss with t on a fixed grid and eps from a seeded generator: same inputs every epoch."""
-        z0 = batch["latent"]
-        grid = torch.linspace(0, self.schedule.num_timesteps - 1, VAL_TIMESTEPS, device=z0.device).long()
-        t = grid[torch.arange(len(z0), device=z0.device) % VAL_TIMESTEPS]
-        generator = torch.Generator(device=z0.device).manual_seed(batch_idx)
-        eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        loss = self.diffusion_loss(self.ema.model, z0, t, eps, self._labels(batch)).mean()
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(z0), sync_dist=True)
+        x0 = self.clean(batch)
+        t = self.objective.eval_times(len(x0), x0.device)
+        generator = torch.Generator(device=x0.device).manual_seed(batch_idx)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        loss = self.objective.loss(self.ema.model, x0, t, eps, self._labels(batch)).mean()
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x0), sync_dist=True)
         return loss
+
+    @torch.no_grad()
+    def clean(self, batch: dict[str, Tensor]) -> Tensor:
+        """x0 for a batch: normalised latents, from the cache ("latent") or encoded now ("image")."""
+        if "latent" in batch:
+            z = batch["latent"]
+        else:
+            posterior = self.first_stage.encode(batch["image"])
+            z = posterior.sample() if self.training else posterior.mode()
+        return self.first_stage.normalizer.normalize(z)
 
     def _labels(self, batch: dict[str, Tensor]) -> Tensor | None:
         return batch["label"] if self.conditioning is not None else None
-
-    def diffusion_loss(
-        self, network: torch.nn.Module, z0: Tensor, t: Tensor, eps: Tensor, labels: Tensor | None = None
-    ) -> Tensor:
-        """Weighted squared error of the network's output against the target, per sample. (B,)"""
-        alpha, sigma = self.schedule.coefficients(t, z0.ndim)
-        x_t = self.schedule.q_sample(z0, t, eps)
-        target = self.parameterization.target(z0, eps, alpha, sigma)
-        output = network(x_t, t) if labels is None else network(x_t, t, labels)
-        error = (output.float() - target.float()).pow(2).flatten(1).mean(1)
-        factor = self.parameterization.x0_loss_factor(alpha, sigma).flatten()
-        return self.loss_weight(self.schedule.snr(t), factor) * error
 
     def configure_optimizers(self) -> Any:
         return configure(self, self.unet.parameters())
@@ -160,15 +162,22 @@ class LatentDiffusionModule(L.LightningModule):
         self.ema.update(self.unet, self.global_step)
 
     @property
-    def vae_sha256(self) -> str:
-        """sha256 of the VAE's weights as they are now (the latents' encoder and the samples' decoder)."""
-        return update_hash(hashlib.sha256(), self.vae.state_dict()).hexdigest()
+    def first_stage_sha256(self) -> str:
+        """sha256 of the first stage's weights (without its normaliser): the latents' encoder and the samples' decoder."""
+        return update_hash(hashlib.sha256(), weights(self.first_stage)).hexdigest()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # A resumed or tested checkpoint must have been trained on the latents of this module's
-        # VAE; otherwise its weights would silently replace the VAE the data was encoded with.
-        stored = {k[len("vae."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("vae.")}
-        if stored and update_hash(hashlib.sha256(), stored).hexdigest() != self.vae_sha256:
+        info = checkpoint.get("ldm") or {}
+        if info.get("format") != self.FORMAT:
+            raise CheckpointError(_OLD_FORMAT)
+        if self._first_stage_from_spec:
+            return  # rebuilt from the checkpoint's own spec: the weights are about to load
+        # A resumed or tested checkpoint must have been trained on this first stage's latents;
+        # otherwise its weights would silently replace the VAE the data was encoded with.
+        prefix = "first_stage."
+        stored = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items()
+                  if k.startswith(prefix) and not k.startswith(prefix + "normalizer.")}
+        if update_hash(hashlib.sha256(), stored).hexdigest() != self.first_stage_sha256:
             raise CheckpointError(
                 "This LDM checkpoint was trained on the latents of another VAE than the one given (vae_ckpt): "
                 "resume or test it with the VAE it holds (vae_ckpt=<the same checkpoint>, the default for "
@@ -176,122 +185,68 @@ class LatentDiffusionModule(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Everything `from_checkpoint` needs to rebuild the model for sampling, as plain values.
-        checkpoint["ldm"] = {
-            "kind": self.KIND, "vae_config": dict(self.vae.config), "vae_sha256": self.vae_sha256,
-            "latent_shape": list(self.vae.latent_shape), "unet_config": dict(self.unet.config),
-            "parameterization": type(self.parameterization).__name__,
-            "schedule": {"alpha": self.schedule.alpha.cpu(), "sigma": self.schedule.sigma.cpu()},
-            "conditioning": self.conditioning.config() if self.conditioning else None,
-        }
+        checkpoint["ldm"] = {"kind": self.KIND, "format": self.FORMAT, "first_stage_sha256": self.first_stage_sha256,
+                             "latent_shape": list(self.first_stage.latent_shape)}
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, sampler: Sampler | None = None, compile: bool | str = False
-    ) -> "LatentDiffusionModule":
-        """Rebuild a trained model (VAE, EMA denoiser, schedule, normaliser) from its checkpoint alone."""
+    def from_checkpoint(cls, path: str | Path, sampler: Any = None, compile: bool | str = False) -> "LatentDiffusionModule":
+        """Rebuild a trained model (first stage, EMA denoiser, objective, sampler) from its checkpoint alone.
+
+        `sampler` replaces the stored default sampler (the one it was trained with)."""
         checkpoint = load_checkpoint(path, "ldm")
-        info = checkpoint["ldm"]
-        param_cls = getattr(parameterization_module, info["parameterization"], None)
-        if not (isinstance(param_cls, type) and issubclass(param_cls, Parameterization)):
-            raise CheckpointError(f"{path}: unknown parameterization {info['parameterization']!r}")
-        model = cls(
-            unet=UNet(**info["unet_config"]),
-            schedule=NoiseSchedule((info["schedule"]["alpha"], info["schedule"]["sigma"])),
-            parameterization=param_cls(), sampler=sampler or DDIMSampler(),
-            vae=AutoencoderKL(**info["vae_config"]),
-            conditioning=ClassConditioning(**info["conditioning"]) if info.get("conditioning") else None,
-            compile=compile,
-        )
-        model.load_state_dict(checkpoint["state_dict"])
+        hparams = checkpoint.get("hyper_parameters")
+        if checkpoint["ldm"].get("format") != cls.FORMAT or not isinstance(hparams, dict):
+            raise CheckpointError(f"{path}: {_OLD_FORMAT}")
+        try:
+            model = cls(**{**hparams, "compile": compile, **({"sampler": sampler} if sampler is not None else {})})
+        except SpecError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
+            raise CheckpointError(f"{path}: its weights do not fit the model it records ({one_line(e)[:200]}); "
+                                  "the file is damaged: use another checkpoint") from e
+        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise CheckpointError(f"{path} holds NaN/Inf weights ({bad[0]}, ...): sampling from it gives garbage; "
+                                  "use an earlier checkpoint of the run")
         return model.eval()
 
-    def guided_network(self, labels: Tensor | None, guidance: float | None) -> Callable[[Tensor, Tensor], Tensor]:
-        """The EMA denoiser as (x_t, t) -> output, with classifier-free guidance for `labels`.
-
-        w = 0 and w = 1 run one pass (exactly the unconditional / conditional model); otherwise the
-        conditional and unconditional passes share one batched forward call.
-        """
-        net = self.compiled(self.ema.model)
-        if self.conditioning is None:
-            if labels is not None:
-                raise ValueError("labels were given but this model is unconditional (train with conditioning=class)")
-            return net
-        w = self.conditioning.guidance if guidance is None else guidance
-        check_guidance(w)
-        if labels is None or w == 0:
-            return lambda x, t: net(x, t, None)  # the null label everywhere
-        if w == 1:
-            return lambda x, t: net(x, t, labels)
-        null = torch.full_like(labels, self.conditioning.null_label)
-
-        def guided(x: Tensor, t: Tensor) -> Tensor:
-            cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-            return guide(cond, uncond, w)
-
-        return guided
-
-    @torch.no_grad()
-    def sample_latents(
-        self, num_samples: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
-        return_trajectory: bool = False, labels: Tensor | None = None, guidance: float | None = None,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Normalised latents from the EMA denoiser, (N, *latent_shape) (and the x_t trajectory).
-
-        `labels` (N,) picks each sample's class for a conditional model; `guidance` is w
-        (default: the model's `conditioning.guidance`).
-        """
-        if labels is not None:
-            labels = torch.as_tensor(labels, device=self.device).long()
-            if labels.shape != (num_samples,):
-                raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
-        network = self.guided_network(labels, guidance)
-        denoiser = denoiser_from(network, self.parameterization, self.schedule)
-        shape = (num_samples, *self.vae.latent_shape)
-        return sample(denoiser, self.schedule, sampler or self.sampler, shape, generator=generator,
-                      device=self.device, return_trajectory=return_trajectory)
-
-    @torch.no_grad()
-    def decode(self, z_n: Tensor) -> Tensor:
-        """Normalised latents -> images in [0, 1]."""
-        return self.vae.decode(self.normalizer.denormalize(z_n))
+    def pipeline(self) -> DiffusionPipeline:
+        """The EMA denoiser with its objective, first stage, default sampler and guidance (`ldm.pipeline`)."""
+        self.first_stage.normalizer.check()  # NaN latents never reach a decoder
+        return DiffusionPipeline(self.compiled(self.ema.model), self.objective, self.first_stage, self.sampler,
+                                 self.conditioning)
 
     @torch.no_grad()
     def sample(
-        self, num_samples: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+        self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
         labels: Tensor | None = None, guidance: float | None = None,
     ) -> Tensor:
-        """Decoded samples (N, C, H, W) in [0, 1] (of the given classes, for a conditional model)."""
-        return self.decode(self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance))
+        """Decoded samples (N, C, H, W) in [0, 1] from the EMA denoiser (see `DiffusionPipeline.sample`)."""
+        return self.pipeline().sample(num_samples, sampler, generator, labels=labels, guidance=guidance)
 
     def default_labels(self, num_samples: int) -> Tensor | None:
         """Classes 0, 1, ..., 9, 0, ... for a conditional model (balanced grids), else None."""
-        if self.conditioning is None:
-            return None
-        return torch.arange(num_samples, device=self.device) % self.conditioning.num_classes
+        return self.pipeline().default_labels(num_samples)
 
     @torch.no_grad()
     def log_images(self, batch: dict[str, Tensor], num_images: int) -> dict[str, Any]:
-        """Samples, the forward corruption of real latents, and one denoising trajectory."""
-        generator = torch.Generator(device=self.device).manual_seed(0)
-        samples = self.sample(num_images, generator=generator, labels=self.default_labels(num_images))
-        return {"samples": samples, **self.forward_corruption(batch["latent"][:4]), **self.trajectory(4, generator)}
+        """Samples, the forward corruption of real data, and one denoising trajectory (`ldm.figures`)."""
+        pipeline, generator = self.pipeline(), torch.Generator(device=self.device).manual_seed(0)
+        samples = pipeline.sample(num_images, generator=generator, labels=pipeline.default_labels(num_images))
+        return {"samples": samples, "forward_corruption": figures.forward_corruption(pipeline, self.clean(batch)[:4]),
+                "denoising_trajectory": figures.trajectory(pipeline, 4, generator)}
 
-    @torch.no_grad()
-    def forward_corruption(self, z0: Tensor, columns: int = 8) -> dict[str, tuple[Tensor, int]]:
-        """The post's figure: each row one latent, decoded at increasing t (eq. 2), t = 0 ... T-1."""
-        T = self.schedule.num_timesteps
-        t = torch.linspace(0, T - 1, columns, device=z0.device).long()
-        eps = torch.randn(z0.shape, generator=torch.Generator(device=z0.device).manual_seed(1), device=z0.device)
-        rows = [self.schedule.q_sample(z.expand(columns, -1, -1, -1), t, e.expand(columns, -1, -1, -1)) for z, e in zip(z0, eps)]
-        images = self.decode(torch.cat([z0[:, None], torch.stack(rows)], 1).flatten(0, 1))
-        return {"forward_corruption": (images, columns + 1)}
 
-    @torch.no_grad()
-    def trajectory(self, num_rows: int, generator: torch.Generator, columns: int = 8) -> dict[str, tuple[Tensor, int]]:
-        """Denoising trajectories: each row one sample, decoded at evenly spaced sampler steps."""
-        labels = self.default_labels(num_rows)
-        _, states = self.sample_latents(num_rows, generator=generator, return_trajectory=True, labels=labels)
-        picks = torch.linspace(0, len(states) - 1, columns).round().long().tolist()
-        images = self.decode(torch.stack([states[i] for i in picks], 1).flatten(0, 1))
-        return {"denoising_trajectory": (images, columns)}
+_OLD_FORMAT = ("this LDM checkpoint was written by an older version of ldm (before objectives and first stages "
+               "were saved as specs): train it again with this version")
+
+
+def _first_stage(value: nn.Module | str | Path | dict) -> nn.Module:
+    if isinstance(value, (str, Path)):
+        return load_first_stage(value)
+    stage = built(value, nn.Module)
+    if not isinstance(stage, FirstStage):
+        raise ValueError(f"{type(stage).__name__} is not a first stage (encode, decode, latent_shape, normalizer, config)")
+    return stage

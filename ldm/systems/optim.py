@@ -59,6 +59,10 @@ def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter])
         built = module.optimizer_factory(params=params, **_fused_if_cuda(module.optimizer_factory, params, precision))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model.optimizer: {e}") from e
+    for group in built.param_groups:
+        lr = group.get("lr")
+        if isinstance(lr, float) and not (0 <= lr < math.inf):  # torch accepts NaN and inf
+            raise ConfigError(f"model.optimizer.lr={lr} must be a finite number >= 0")
     if module.scheduler_factory is None:
         return built
     # Without a Trainer (notebooks, tests) the total is unknown; the schedule then stays at its start.

@@ -11,6 +11,8 @@ latent diffusion model is compared with.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable, Literal
 
 import lightning as L
@@ -71,7 +73,7 @@ class VAEModule(L.LightningModule):
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"model.recon_loss={recon_loss!r} is not one of {sorted(RECON_LOSSES)}")
-        if beta < 0 or beta_warmup_steps < 0:
+        if not (0 <= beta < math.inf) or beta_warmup_steps < 0:
             raise ValueError(f"model.beta={beta} and model.beta_warmup_steps={beta_warmup_steps} must be >= 0")
         self.save_hyperparameters(ignore=["vae", "optimizer", "scheduler"])
         self.vae = vae
@@ -83,7 +85,7 @@ class VAEModule(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Deterministic reconstruction: decode the posterior mean. (B, C, H, W) in [0, 1]."""
-        return self.vae.decode(self.vae.encode(x)[0])
+        return self.vae.decode(self.vae.encode(x).mode())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
@@ -117,6 +119,14 @@ class VAEModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure(self, self.vae.parameters())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints from before the VAE carried its (diffusion) latent normaliser resume too: it
+        # is not trained here, so the missing buffers take the current, unfitted values.
+        state = checkpoint.get("state_dict", {})
+        for key, value in self.state_dict().items():
+            if key.startswith("vae.normalizer.") and key not in state:
+                state[key] = value
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only, so `ldm.checkpoints.load_vae` can rebuild the VAE with weights_only=True.

@@ -1,0 +1,104 @@
+"""The sampling pipeline: a trained denoiser, its objective, the first stage and guidance, nothing else.
+
+    pipeline = model.pipeline()                       # the EMA denoiser of a LatentDiffusionModule
+    images = pipeline.sample(64, sampler=HeunSampler(10), labels=torch.arange(64) % 10, guidance=2.0)
+
+Noise -> `objective.sample` (its own sampler family) -> normalised latents z_n -> z = denormalize(z_n)
+-> `first_stage.decode(z)` -> images in [0, 1]. It needs no Lightning and no trainer; the figures
+(`ldm.figures`), the FID callback, `sample.py` and `evaluate.py` all draw through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ldm.diffusion.guidance import ClassConditioning, check_guidance, guide
+from ldm.diffusion.objectives import Objective
+from ldm.models.first_stage import FirstStage
+
+
+class DiffusionPipeline:
+    """Draws samples from `network` (x_t, time[, labels]) -> output.
+
+    Args:
+        network: the denoiser (usually the EMA copy, possibly compiled).
+        objective: the objective it was trained with (it owns the sampling loop).
+        first_stage: decodes the normalised latents (its normaliser must be fitted).
+        sampler: the default sampler (another may be passed to each call).
+        conditioning: class conditioning with classifier-free guidance, or None.
+    """
+
+    def __init__(self, network: Callable[..., Tensor], objective: Objective, first_stage: FirstStage, sampler: Any,
+                 conditioning: ClassConditioning | None = None) -> None:
+        self.network, self.objective, self.first_stage = network, objective, first_stage
+        self.sampler, self.conditioning = sampler, conditioning
+
+    @property
+    def device(self) -> torch.device:
+        return self.first_stage.normalizer.scale.device
+
+    def guided_network(self, labels: Tensor | None, guidance: float | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The denoiser as (x_t, time) -> output, with classifier-free guidance for `labels`.
+
+        w = 0 and w = 1 run one pass (exactly the unconditional / conditional model); otherwise the
+        conditional and unconditional passes share one batched forward call (Ho & Salimans eq. 6).
+        """
+        net = self.network
+        if self.conditioning is None:
+            if labels is not None:
+                raise ValueError("labels were given but this model is unconditional (train with conditioning=class)")
+            return net
+        w = self.conditioning.guidance if guidance is None else guidance
+        check_guidance(w)
+        if labels is None or w == 0:
+            return lambda x, t: net(x, t, None)  # the null label everywhere
+        if w == 1:
+            return lambda x, t: net(x, t, labels)
+        null = torch.full_like(labels, self.conditioning.null_label)
+
+        def guided(x: Tensor, t: Tensor) -> Tensor:
+            cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+            return guide(cond, uncond, w)
+
+        return guided
+
+    @torch.no_grad()
+    def sample_latents(
+        self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
+        labels: Tensor | None = None, guidance: float | None = None, return_trajectory: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Normalised latents (N, *latent_shape) (and the x_t trajectory).
+
+        `labels` (N,) picks each sample's class for a conditional model; `guidance` is w
+        (default: the model's `conditioning.guidance`).
+        """
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=self.device).long()
+            if labels.shape != (num_samples,):
+                raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+        shape = (num_samples, *self.first_stage.latent_shape)
+        return self.objective.sample(self.guided_network(labels, guidance), sampler or self.sampler, shape,
+                                     generator=generator, device=self.device, return_trajectory=return_trajectory)
+
+    @torch.no_grad()
+    def decode(self, z_n: Tensor) -> Tensor:
+        """Normalised latents -> images in [0, 1]."""
+        return self.first_stage.decode(self.first_stage.normalizer.denormalize(z_n))
+
+    @torch.no_grad()
+    def sample(
+        self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
+        labels: Tensor | None = None, guidance: float | None = None,
+    ) -> Tensor:
+        """Decoded samples (N, C, H, W) in [0, 1] (of the given classes, for a conditional model)."""
+        return self.decode(self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance))
+
+    def default_labels(self, num_samples: int) -> Tensor | None:
+        """Classes 0, 1, ..., K-1, 0, ... for a conditional model (balanced grids), else None."""
+        if self.conditioning is None:
+            return None
+        return torch.arange(num_samples, device=self.device) % self.conditioning.num_classes
+

@@ -1,0 +1,106 @@
+"""One serialization convention for every built object: a class path and plain keyword values.
+
+    spec(obj)   -> {"class": "ldm.diffusion.samplers.DDIMSampler", "kwargs": {"num_steps": 50, ...}}
+    build(spec) -> DDIMSampler(num_steps=50, ...)
+
+An object takes part by exposing `config`: its constructor arguments as plain values (numbers,
+strings, lists, dicts, tensors) or as other objects that expose `config` (nested specs). No Hydra,
+no pickle, no class-name switches: a spec is what a checkpoint stores (`torch.load(weights_only=True)`
+reads it) and what `LatentDiffusionModule.load_from_checkpoint` rebuilds from.
+
+Only classes under an allowed package are built (`ldm.` by default; `allow_package` adds one), and
+each must be a subclass of the type the caller expects, so a checkpoint cannot name an arbitrary
+callable to run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, TypeVar
+
+from torch import Tensor
+
+from ldm.errors import UserError
+
+T = TypeVar("T")
+_PACKAGES = {"ldm"}
+_PLAIN = (bool, int, float, str, type(None), Tensor)
+
+
+class SpecError(UserError, ValueError):
+    """A spec that names an unknown or disallowed class, or that does not build."""
+
+
+def allow_package(name: str) -> None:
+    """Let `build` import classes from the top-level package `name` (e.g. your own extensions)."""
+    _PACKAGES.add(name.split(".")[0])
+
+
+def is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"class", "kwargs"} and isinstance(value["class"], str)
+
+
+def spec(obj: Any) -> dict[str, Any]:
+    """The spec of an object exposing `config` (see the module docstring)."""
+    config = getattr(obj, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"{type(obj).__name__} has no `config` dict, so it cannot be serialised")
+    cls = type(obj)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": {k: _value(v) for k, v in config.items()}}
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _value(v) for k, v in value.items()}
+    return spec(value)
+
+
+def _resolve(path: str) -> type:
+    module_name, _, name = path.rpartition(".")
+    if not module_name or module_name.split(".")[0] not in _PACKAGES:
+        raise SpecError(f"refusing to build {path!r}: only classes from {sorted(_PACKAGES)} are built "
+                        "(ldm.serialize.allow_package adds a package)")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"{path!r} does not exist in this version of the code ({e})") from e
+    if not isinstance(cls, type):
+        raise SpecError(f"{path!r} is not a class")
+    return cls
+
+
+def build(value: Any, expected: type[T] | None = None) -> T:
+    """Rebuild an object from its spec (nested specs first); `expected` is the base it must have."""
+    if not is_spec(value):
+        raise SpecError(f"not a spec ({{'class': ..., 'kwargs': ...}}): {str(value)[:100]}")
+    cls = _resolve(value["class"])
+    if expected is not None and not issubclass(cls, expected):
+        raise SpecError(f"{value['class']} is not a {expected.__name__}")
+    kwargs = {k: _built(v) for k, v in value["kwargs"].items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"cannot build {value['class']} from {sorted(kwargs)}: {e}") from e
+
+
+def _built(value: Any) -> Any:
+    if is_spec(value):
+        return build(value)
+    if isinstance(value, list):
+        return [_built(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _built(v) for k, v in value.items()}
+    return value
+
+
+def built(value: Any, expected: type[T]) -> T:
+    """`value` built from its spec, or `value` itself if it is already an `expected`."""
+    if is_spec(value):
+        return build(value, expected)
+    if not isinstance(value, expected):
+        raise SpecError(f"expected a {expected.__name__} or its spec, got {type(value).__name__}")
+    return value
