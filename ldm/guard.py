@@ -26,7 +26,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ldm.compat import require
 from ldm.errors import UserError
+
+require(torch, "_foreach_norm")  # private torch API (ldm/compat.py)
 
 log = logging.getLogger(__name__)
 

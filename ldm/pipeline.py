@@ -76,9 +76,13 @@ class DiffusionPipeline:
         (default: the model's `conditioning.guidance`).
         """
         if labels is not None:
-            labels = torch.as_tensor(labels, device=self.device).long()
-            if labels.shape != (num_samples,):
-                raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+            labels = torch.as_tensor(labels, device=self.device)
+            if labels.shape != (num_samples,) or labels.is_floating_point():
+                raise ValueError(f"labels must be {num_samples} integer class ids, got {labels.dtype} {tuple(labels.shape)}")
+            classes = self.conditioning.num_classes if self.conditioning is not None else None
+            if classes is not None and not bool(((labels >= 0) & (labels < classes)).all()):
+                raise ValueError(f"labels must be class ids in 0..{classes - 1}")
+            labels = labels.long()
         shape = (num_samples, *self.first_stage.latent_shape)
         return self.objective.sample(self.guided_network(labels, guidance), sampler or self.sampler, shape,
                                      generator=generator, device=self.device, return_trajectory=return_trajectory)

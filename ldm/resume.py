@@ -34,6 +34,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm.checkpoints import CheckpointError, load_checkpoint
+from ldm.compat import require
 from ldm.io import atomic_write
 
 
@@ -53,6 +54,7 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 500) -> None:
+        require(ModelCheckpoint, "_should_skip_saving_checkpoint", "_save_last_checkpoint", "_monitor_candidates")
         super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps, enable_version_counter=False)
 

@@ -18,19 +18,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, get_type_hints
 
-import numpy as np
 from filelock import FileLock, Timeout
 import torch
-from PIL import Image, ImageDraw
 from rich.progress import track
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from ldm.checkpoints import CheckpointError, checkpoint_kind, load_vae
 from ldm.errors import ConfigError
 from ldm.guard import NonFiniteError
 from ldm.figures import trajectory
-from ldm.io import atomic_write, atomic_write_json
+from ldm.grids import grid_image, labelled_grid, save_png
+from ldm.io import atomic_write_json
 from ldm.prompts import parse_digits
 from ldm.samples import Parts, to_uint8
 from ldm.serialize import SpecError, build, spec
@@ -148,6 +146,9 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
                           "(logs/<stage>/runs/*/checkpoints/*.ckpt), or leave ckpt unset for the latest LDM run")
     kind = checkpoint_kind(ckpt)
     if kind == "vae":
+        if sampler is not None or request.steps is not None or request.eta is not None:
+            raise ConfigError(f"{ckpt} is a VAE: it samples its prior in one decoder pass, so sampler= / steps= / eta= "
+                              "do not apply (they are for LDM checkpoints)")
         vae = load_vae(ckpt).to(device)
         shape = vae.latent_shape
         return Source(lambda n, g, y: vae.decode(torch.randn((n, *shape), generator=g, device=device)), "vae prior")
@@ -287,29 +288,3 @@ def _figures(parts: Parts, source: Source, request: Request, given: list[int] | 
     if request.trajectory and source.model is not None:
         frames, per_row = trajectory(source.model.pipeline(), 8, generator)
         save_png(out / "trajectory.png", grid_image(frames, per_row), hint)
-
-
-def save_png(path: Path, image: Image.Image, hint: str = "") -> Path:
-    # The temp file ends in .tmp, so PIL cannot infer the format from the name.
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), hint)
-
-
-def grid_image(images: Tensor, nrow: int) -> Image.Image:
-    """A grid of (N, C, H, W) images, uint8 or floats in [0, 1], as torchvision's `save_image` draws it."""
-    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    grid = make_grid(x.cpu(), nrow=nrow)
-    return Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy())
-
-
-def labelled_grid(images: Tensor, labels: Tensor, nrow: int) -> Image.Image:
-    """A grid of uint8 (N, C, H, W) images with each image's class written in a strip above it."""
-    cell, strip = images.shape[-1] + 2, 12
-    rows = math.ceil(len(images) / nrow)
-    canvas = Image.new("L", (nrow * cell, rows * (cell + strip)), 0)
-    draw_ = ImageDraw.Draw(canvas)
-    for i, (image, label) in enumerate(zip(images.numpy(), labels.tolist())):
-        x, y = (i % nrow) * cell, (i // nrow) * (cell + strip)
-        draw_.text((x + cell // 2 - 3, y), str(label), fill=255)
-        pixels = image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
-        canvas.paste(Image.fromarray(pixels).convert("L"), (x + 1, y + strip))
-    return canvas

@@ -89,7 +89,9 @@ def test_a_few_steps_learn_the_fake_digits() -> None:
 
 def test_hyperparameters_are_plain_and_label_smoothing_is_training_only() -> None:
     module = _module(label_smoothing=0.1)
-    assert dict(module.hparams) == {"label_smoothing": 0.1, "augment_shift": 2, "compile": False}
+    hparams = dict(module.hparams)
+    assert hparams.pop("classifier")["class"] == "ldm.models.classifier.MNISTClassifier"  # a plain spec, not a module
+    assert hparams == {"label_smoothing": 0.1, "augment_shift": 2, "compile": False}
     module.eval()
     batch = _batch(8)
     with warnings.catch_warnings():

@@ -149,7 +149,8 @@ def test_trajectory_and_seeded_reproducibility(sampler) -> None:
 
 def test_bad_values_and_wrong_sampler_family_are_refused() -> None:
     for bad in (lambda: FlowMatching(time_distribution="beta"), lambda: FlowMatching(scale=0),
-                lambda: EulerSampler(0), lambda: HeunSampler(3, shift=0), lambda: FlowAncestralSampler(eta=2)):
+                lambda: EulerSampler(0), lambda: HeunSampler(3, shift=0), lambda: FlowAncestralSampler(eta=2),
+                lambda: EulerSampler(10**11), lambda: EulerSampler(3, shift=float("inf"))):
         with pytest.raises(ValueError):
             bad()
     with pytest.raises(ValueError, match="cannot sample a FlowMatching model"):

@@ -80,10 +80,14 @@ def test_every_sampler_takes_labels_and_guidance(vae_ckpt: Path, sampler) -> Non
 def test_labels_on_an_unconditional_model_and_bad_shapes(vae_ckpt: Path) -> None:
     with pytest.raises(ValueError, match="unconditional"):
         _module(vae_ckpt, conditional=False).sample(2, labels=torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="labels must have shape"):
+    with pytest.raises(ValueError, match="labels must be 3 integer class ids"):
         _module(vae_ckpt).sample(3, labels=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="guidance=-1"):
         _module(vae_ckpt).sample(2, labels=torch.tensor([1, 2]), guidance=-1.0)
+    with pytest.raises(ValueError, match=r"class ids in 0..9"):  # 10 is the null class, not a digit
+        _module(vae_ckpt).sample(2, labels=torch.tensor([1, 10]))
+    with pytest.raises(ValueError, match="integer class ids"):
+        _module(vae_ckpt).sample(2, labels=torch.tensor([1.5, 2.0]))
 
 
 def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import save_vae_checkpoint
-from ldm.checkpoints import load_checkpoint
+from ldm.checkpoints import CheckpointError, load_checkpoint
 from ldm.diffusion import DDIMSampler, DPMSolverPP2M, EpsilonPrediction, MinSNRWeight, NoiseSchedule, VPrediction, cosine, linear
 from ldm.diffusion.flow import EulerSampler, FlowMatching, HeunSampler
 from ldm.diffusion.objectives import DiffusionObjective
@@ -228,3 +228,50 @@ def test_cuda_graph_modes_hand_out_copies() -> None:
     first = fn(torch.ones(3))
     fn(torch.ones(3))
     assert torch.equal(first, torch.ones(3)) and torch.equal(buffer, torch.full((3,), 2.0))
+
+
+def test_resuming_or_testing_with_another_recipe_is_refused(vae_ckpt: Path, tmp_path: Path) -> None:
+    """A flow checkpoint resumed (or tested) by a config that builds the DDPM objective, another
+    schedule, another conditioning or another kind of first stage is refused with one line, not
+    silently trained or scored as something else. The default sampling guidance may change."""
+    from ldm.diffusion.guidance import ClassConditioning
+
+    unet = lambda: UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10)  # noqa: E731
+    flow = _module(vae_ckpt, unet=unet(), objective=FlowMatching(), sampler=EulerSampler(3), conditioning=ClassConditioning())
+    _save(flow, tmp_path / "flow.ckpt")
+    checkpoint = torch.load(tmp_path / "flow.ckpt", weights_only=True)
+    same = _module(vae_ckpt, unet=unet(), objective=FlowMatching(), sampler=HeunSampler(2),
+                   conditioning=ClassConditioning(guidance=4.0))
+    same.on_load_checkpoint(checkpoint)  # another sampler and default guidance: fine
+    for other, message in (
+        (dict(objective=_objective(), sampler=DDIMSampler(5), conditioning=ClassConditioning()), "FlowMatching, not the objective"),
+        (dict(objective=FlowMatching(time_distribution="uniform"), sampler=EulerSampler(3), conditioning=ClassConditioning()),
+         "other settings of the objective"),
+        (dict(objective=FlowMatching(), sampler=EulerSampler(3), conditioning=ClassConditioning(p_uncond=0.5)),
+         "other settings of the conditioning"),
+    ):
+        with pytest.raises(CheckpointError, match=message):
+            _module(vae_ckpt, unet=unet(), **other).on_load_checkpoint(checkpoint)
+    pixel = LatentDiffusionModule(unet=UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, num_classes=10),
+                                  objective=FlowMatching(), sampler=EulerSampler(3), first_stage=IdentityFirstStage(),
+                                  conditioning=ClassConditioning())
+    with pytest.raises(CheckpointError, match="AutoencoderKL, not the first_stage"):
+        pixel.on_load_checkpoint(checkpoint)
+
+
+def test_from_checkpoint_refuses_edited_files(vae_ckpt: Path, tmp_path: Path) -> None:
+    module = _module(vae_ckpt)
+    _save(module, tmp_path / "ok.ckpt")
+    for edit, message in (
+        (lambda c: c["hyper_parameters"].update(evil=1), "does not take"),
+        (lambda c: c["state_dict"]["first_stage.normalizer.scale"].fill_(0.0), "latent scale is missing or invalid"),
+        (lambda c: c["hyper_parameters"].update(sampler={"class": "ldm.diffusion.flow.EulerSampler", "kwargs": {}}),
+         "does not build"),
+        (lambda c: c["hyper_parameters"].update(sampler={"class": "ldm.data.mnist.MNIST", "kwargs": {"root": "x"}}),
+         "only classes defined in"),
+    ):
+        checkpoint = torch.load(tmp_path / "ok.ckpt", weights_only=True)
+        edit(checkpoint)
+        torch.save(checkpoint, tmp_path / "bad.ckpt")
+        with pytest.raises(CheckpointError, match=message):
+            LatentDiffusionModule.from_checkpoint(tmp_path / "bad.ckpt")

@@ -202,6 +202,14 @@ def test_a_full_disk_keeps_the_samples_and_the_same_command_continues(
         assert np.array_equal(again, reference) and (disk / "out" / "grid.png").stat().st_size > 0
 
 
+def test_sampler_options_on_a_vae_checkpoint_are_refused(checkpoints, tmp_path: Path) -> None:
+    from sample import run
+
+    for extra in (["steps=3"], ["sampler=ddim"], ["eta=0"]):
+        with pytest.raises(ConfigError, match="is a VAE: it samples its prior in one decoder pass"):
+            run(_compose([f"ckpt={checkpoints['vae']}", "num_samples=2", f"out={tmp_path / 'o'}", "device=cpu", *extra]))
+
+
 def test_a_second_sampler_on_the_same_out_folder_is_refused(checkpoints, tmp_path: Path) -> None:
     """Two sample.py on one out= folder (before: one crashed with a traceback, parts were left): the
     second is refused while the first (here a real second process holding its lock) works."""

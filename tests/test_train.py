@@ -12,6 +12,7 @@ import torch
 
 from conftest import ROOT, compose_cfg
 from ldm.checkpoints import CheckpointError, find_latest, load_vae
+from ldm.errors import ConfigError
 from train import train
 
 TINY = [
@@ -107,6 +108,8 @@ def test_pixel_space_flow_matching_end_to_end(tmp_path: Path, mnist_dir: Path) -
     path = sample(_compose_sample([f"ckpt={ckpt}", "num_samples=5", f"out={tmp_path / 's'}", "device=cpu"]))
     assert np.load(path)["images"].shape == (5, 28, 28)
     assert "FlowAncestralSampler(num_steps=3" in json.loads((tmp_path / "s" / "sampling.json").read_text())["generator"]
+    with pytest.raises(ConfigError, match="vae_ckpt= is not used by first_stage=pixel"):
+        train(compose_cfg(tmp_path, mnist_dir, ["model=ldm", "first_stage=pixel", f"vae_ckpt={ckpt}", *PIXEL_TINY], run="y"))
 
 
 def _compose_sample(overrides: list[str]):

@@ -121,3 +121,17 @@ def test_registry_points_at_the_latest_checkpoint(vae_checkpoint: Path, tmp_path
     vae_checkpoint.unlink()
     with pytest.raises(CheckpointError, match="no longer exists"):
         find_latest(tmp_path / "registry", "vae")
+
+
+def test_lightning_load_from_checkpoint_rebuilds_the_vae_and_the_classifier(tmp_path) -> None:
+    """Every system saves its network as a spec (ldm.serialize): Lightning's own loader rebuilds it."""
+    from ldm.models.classifier import MNISTClassifier
+    from ldm.systems.classifier import ClassifierModule
+
+    for module in (VAEModule(AutoencoderKL(hidden_channels=(8, 8, 8))), ClassifierModule(MNISTClassifier(width=8))):
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+        trainer.strategy.connect(module)
+        trainer.save_checkpoint(tmp_path / "m.ckpt")
+        restored = type(module).load_from_checkpoint(tmp_path / "m.ckpt")
+        for key, value in module.state_dict().items():
+            assert torch.equal(restored.state_dict()[key], value), key

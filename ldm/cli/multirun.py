@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from hydra.utils import get_original_cwd
 
+from ldm.compat import require
+
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -21,9 +23,7 @@ def relaunch_ranks_from(config_file: Path, script: Path) -> None:
     """
     from lightning.pytorch.strategies.launchers import subprocess_script
 
-    if not callable(getattr(subprocess_script, "_hydra_subprocess_cmd", None)):  # a private Lightning API
-        raise RuntimeError("lightning.pytorch.strategies.launchers.subprocess_script._hydra_subprocess_cmd is gone: "
-                           "this Lightning version starts DDP ranks differently; multirun + DDP needs updating")
+    require(subprocess_script, "_hydra_subprocess_cmd")  # a private Lightning API (ldm/compat.py)
 
     def command(local_rank: int) -> tuple[list[str], str]:
         return [

@@ -44,8 +44,14 @@ def check_run(cfg: DictConfig, kind: str | None) -> None:
         raise ConfigError("train=false test=false leaves nothing to do")
     if not cfg.train and cfg.get("ckpt_path") is None:
         raise ConfigError("train=false tests a trained checkpoint: pass ckpt_path=PATH (or ckpt_path=last)")
+    if kind != "ldm":
+        return
+    vae_stage = "path" in (cfg.get("first_stage") or {})  # first_stage=vae loads vae_ckpt; pixel has no VAE
+    if not vae_stage and OmegaConf.to_container(cfg, resolve=False).get("vae_ckpt") is not None:
+        raise ConfigError("vae_ckpt= is not used by first_stage=pixel, which trains on the images themselves: drop it, "
+                          "or train on its latents with first_stage=vae")
     latent = OmegaConf.select(cfg, "vae_ckpt", throw_on_resolution_failure=False) is not None
-    if kind == "ldm" and latent and "first_stage" not in cfg.data:
+    if vae_stage and latent and "first_stage" not in cfg.data:
         raise ConfigError("model=ldm trains on the VAE latents of an image dataset, but data= replaced the latent data: "
                           "choose the images with data@data.images=NAME (e.g. data@data.images=fashion_mnist) instead")
 

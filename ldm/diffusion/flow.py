@@ -44,10 +44,14 @@ def estimates(v: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 class FlowSampler(ABC):
     """Integrates dx/dt = v(x, t) from t = 1 to t = 0 on `num_steps` intervals (optionally shifted)."""
 
+    MAX_STEPS = 100_000  # far past any gain; the diffusion samplers' bound is the schedule's T
+
     def __init__(self, num_steps: int = 20, shift: float = 1.0) -> None:
         _check_num_steps(num_steps)
-        if not shift > 0:
-            raise ValueError(f"shift must be > 0, got shift={shift!r}")
+        if num_steps > self.MAX_STEPS:
+            raise ValueError(f"num_steps={num_steps} exceeds {self.MAX_STEPS}, the most a flow sampler takes")
+        if not 0 < shift < float("inf"):
+            raise ValueError(f"shift must be a finite number > 0, got shift={shift!r}")
         self.num_steps, self.shift = num_steps, float(shift)
 
     @property

@@ -36,8 +36,9 @@ class LatentNormalizer(nn.Module):
     the buffers are saved in checkpoints.
     """
 
-    def __init__(self, scale: float = 0.0, shift: float = 0.0) -> None:
+    def __init__(self, scale: float = 0.0, shift: float = 0.0, fixed: bool = False) -> None:
         super().__init__()
+        self.fixed = fixed  # a first stage whose scale is part of its definition (the identity's)
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("shift", torch.tensor(float(shift)))
 
@@ -48,6 +49,8 @@ class LatentNormalizer(nn.Module):
 
     def set(self, scale: float, shift: float = 0.0) -> None:
         """Fit: store the statistics (in place, so a module holding this normaliser sees them)."""
+        if self.fixed:
+            raise ValueError("this first stage's latent scale is fixed (the identity's [-1, 1]); it is not fitted from data")
         if not (math.isfinite(scale) and scale > 0 and math.isfinite(shift)):
             raise ValueError(f"latent scale={scale!r} must be finite and > 0 and shift={shift!r} finite")
         self.scale.fill_(scale)
@@ -103,7 +106,7 @@ class IdentityFirstStage(nn.Module):
             raise ValueError(f"channels={channels} and image_size={image_size} must be >= 1")
         self.channels, self.image_size = int(channels), int(image_size)
         self.latent_shape = (self.channels, self.image_size, self.image_size)
-        self.normalizer = LatentNormalizer(scale=2.0, shift=0.5)
+        self.normalizer = LatentNormalizer(scale=2.0, shift=0.5, fixed=True)
 
     @property
     def config(self) -> dict[str, Any]:

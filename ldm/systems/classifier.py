@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from ldm.models.classifier import MNISTClassifier
+from ldm.serialize import built, spec
 from ldm.systems.compile import Compiled
 from ldm.systems.optim import configure
 
@@ -50,8 +51,8 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(
         self,
-        classifier: MNISTClassifier,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        classifier: MNISTClassifier | dict,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         label_smoothing: float = 0.0,
         augment_shift: int = 2,
@@ -63,6 +64,8 @@ class ClassifierModule(L.LightningModule):
                 f"model.label_smoothing={label_smoothing} must be in [0, 1) and model.augment_shift={augment_shift} >= 0"
             )
         self.save_hyperparameters(ignore=["classifier", "optimizer", "scheduler"])
+        classifier = built(classifier, MNISTClassifier)
+        self.hparams["classifier"] = spec(classifier)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.classifier = classifier
         self.compiled = Compiled(compile)  # training calls torch.compile(classifier) if asked
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler

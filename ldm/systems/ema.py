@@ -13,6 +13,10 @@ import copy
 import torch
 from torch import nn
 
+from ldm.compat import require
+
+require(torch, "_foreach_lerp_")  # private torch API (ldm/compat.py)
+
 
 class EMA(nn.Module):
     """`model` = EMA of a source network: w <- d * w + (1 - d) * w_src after each optimizer step.

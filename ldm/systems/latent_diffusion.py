@@ -19,6 +19,7 @@ and `LatentDiffusionModule.from_checkpoint(path)` (ours: safe load, stage check)
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -30,13 +31,15 @@ from torch import Tensor, nn
 from ldm import figures
 from ldm.checkpoints import CheckpointError, load_checkpoint, load_first_stage
 from ldm.diffusion.guidance import ClassConditioning
+from ldm.diffusion.flow import FlowSampler
 from ldm.diffusion.objectives import Objective
+from ldm.diffusion.samplers import Sampler
 from ldm.errors import ConfigError, one_line
 from ldm.io import update_hash
 from ldm.models.first_stage import FirstStage, weights
 from ldm.models.unet import UNet
 from ldm.pipeline import DiffusionPipeline
-from ldm.serialize import SpecError, built, spec
+from ldm.serialize import SpecError, built, digest, spec
 from ldm.systems.compile import Compiled
 from ldm.systems.ema import EMA
 from ldm.systems.optim import configure
@@ -75,7 +78,7 @@ class LatentDiffusionModule(L.LightningModule):
         compile: bool | str = False,
     ) -> None:
         super().__init__()
-        unet, objective, sampler = built(unet, UNet), built(objective, Objective), built(sampler, object)
+        unet, objective, sampler = built(unet, UNet), built(objective, Objective), built(sampler, (Sampler, FlowSampler))
         conditioning = None if conditioning is None else built(conditioning, ClassConditioning)
         self._first_stage_from_spec = isinstance(first_stage, dict)  # random weights until a state dict loads
         first_stage = _first_stage(first_stage)
@@ -172,6 +175,7 @@ class LatentDiffusionModule(L.LightningModule):
             raise CheckpointError(_OLD_FORMAT)
         if self._first_stage_from_spec:
             return  # rebuilt from the checkpoint's own spec: the weights are about to load
+        self._check_same_recipe(checkpoint.get("hyper_parameters") or {})
         # A resumed or tested checkpoint must have been trained on this first stage's latents;
         # otherwise its weights would silently replace the VAE the data was encoded with.
         prefix = "first_stage."
@@ -183,6 +187,19 @@ class LatentDiffusionModule(L.LightningModule):
                 "resume or test it with the VAE it holds (vae_ckpt=<the same checkpoint>, the default for "
                 "ckpt_path=...), or start a new LDM run for the new VAE"
             )
+
+    def _check_same_recipe(self, stored: dict[str, Any]) -> None:
+        """A resumed or tested checkpoint must be trained and scored as it was trained: same first stage
+        kind, same objective (schedule, parameterization, weighting, time distribution), same conditioning."""
+        for key, groups in (("first_stage", "first_stage="), ("objective", "objective=, schedule=, parameterization=, "
+                            "weighting="), ("conditioning", "conditioning=")):
+            theirs, ours = (_recipe(key, node) for node in (stored.get(key), self.hparams.get(key)))
+            same = (_class_name(theirs) == _class_name(ours)) if key == "first_stage" else digest(theirs) == digest(ours)
+            if not same:
+                detail = "other settings of" if _class_name(theirs) == _class_name(ours) else f"{_class_name(theirs)}, not"
+                raise CheckpointError(
+                    f"This LDM checkpoint was trained with {detail} the {key} the config builds ({_class_name(ours)}): "
+                    f"use the config it was trained with ({groups} as in its run folder's config.yaml)")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ldm"] = {"kind": self.KIND, "format": self.FORMAT, "first_stage_sha256": self.first_stage_sha256,
@@ -197,15 +214,23 @@ class LatentDiffusionModule(L.LightningModule):
         hparams = checkpoint.get("hyper_parameters")
         if checkpoint["ldm"].get("format") != cls.FORMAT or not isinstance(hparams, dict):
             raise CheckpointError(f"{path}: {_OLD_FORMAT}")
+        unknown = set(hparams) - set(inspect.signature(cls.__init__).parameters)
+        if unknown:
+            raise CheckpointError(f"{path}: its hyperparameters hold {sorted(unknown)}, which this model does not take; "
+                                  "the file was edited or comes from another version of ldm")
         try:
             model = cls(**{**hparams, "compile": compile, **({"sampler": sampler} if sampler is not None else {})})
-        except SpecError as e:
-            raise CheckpointError(f"{path}: {e}") from e
+        except (SpecError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: the model it records does not build ({one_line(e)[:200]}); the file was "
+                                  "edited or damaged: use another checkpoint") from e
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
             raise CheckpointError(f"{path}: its weights do not fit the model it records ({one_line(e)[:200]}); "
                                   "the file is damaged: use another checkpoint") from e
+        if not model.first_stage.normalizer.fitted:
+            raise CheckpointError(f"{path}: its latent scale is missing or invalid (scale "
+                                  f"{model.first_stage.normalizer.scale.item()}): the file is damaged; use another checkpoint")
         bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise CheckpointError(f"{path} holds NaN/Inf weights ({bad[0]}, ...): sampling from it gives garbage; "
@@ -241,6 +266,17 @@ class LatentDiffusionModule(L.LightningModule):
 
 _OLD_FORMAT = ("this LDM checkpoint was written by an older version of ldm (before objectives and first stages "
                "were saved as specs): train it again with this version")
+
+
+def _recipe(key: str, node: Any) -> Any:
+    """What of a stored spec training depends on: not the default sampling guidance of a conditioning."""
+    if key == "conditioning" and isinstance(node, dict) and isinstance(node.get("kwargs"), dict):
+        return {**node, "kwargs": {k: v for k, v in node["kwargs"].items() if k != "guidance"}}
+    return node
+
+
+def _class_name(node: dict | None) -> str:
+    return node["class"].rsplit(".", 1)[-1] if isinstance(node, dict) and "class" in node else "none"
 
 
 def _first_stage(value: nn.Module | str | Path | dict) -> nn.Module:

@@ -47,6 +47,13 @@ def _fused_if_cuda(factory: Callable[..., Optimizer], params: list[torch.nn.Para
     return {}
 
 
+def _attached_trainer(module: "L.LightningModule") -> "L.Trainer | None":
+    try:
+        return module.trainer  # Lightning raises when the module is used without one (a notebook, a test)
+    except RuntimeError:
+        return None
+
+
 def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter]) -> Optimizer | dict:
     """What a system's `configure_optimizers` returns: its partial optimizer finished over `params`
     (Adam/AdamW fused on CUDA), and its partial LR schedule (if any) stepped per optimizer step
@@ -54,7 +61,8 @@ def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter])
     if module.optimizer_factory is None:
         raise RuntimeError("This module was built without an optimizer (for sampling only); it cannot train")
     params = list(params)
-    precision = str(module.trainer.precision) if module._trainer is not None else "32-true"
+    trainer = _attached_trainer(module)
+    precision = str(trainer.precision) if trainer is not None else "32-true"
     try:  # a bad value (lr=-1, betas=[2, 0]) is the config's fault: name its key
         built = module.optimizer_factory(params=params, **_fused_if_cuda(module.optimizer_factory, params, precision))
     except (ValueError, TypeError) as e:
@@ -66,7 +74,7 @@ def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter])
     if module.scheduler_factory is None:
         return built
     # Without a Trainer (notebooks, tests) the total is unknown; the schedule then stays at its start.
-    total_steps = module.trainer.estimated_stepping_batches if module._trainer is not None else 1
+    total_steps = trainer.estimated_stepping_batches if trainer is not None else 1
     if not math.isfinite(total_steps):
         raise ConfigError("model.scheduler needs the run's length, but it has none (trainer.max_epochs=-1 and no "
                           "trainer.max_steps): set trainer.max_epochs >= 1 or trainer.max_steps, or model.scheduler=null")

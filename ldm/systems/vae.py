@@ -22,6 +22,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ldm.models.autoencoder import AutoencoderKL
+from ldm.serialize import built, spec
 from ldm.systems.compile import Compiled
 from ldm.systems.optim import configure
 
@@ -62,8 +63,8 @@ class VAEModule(L.LightningModule):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        vae: AutoencoderKL | dict,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         recon_loss: Literal["bce", "mse", "l1"] = "bce",
         beta: float = 1e-3,
@@ -76,6 +77,8 @@ class VAEModule(L.LightningModule):
         if not (0 <= beta < math.inf) or beta_warmup_steps < 0:
             raise ValueError(f"model.beta={beta} and model.beta_warmup_steps={beta_warmup_steps} must be >= 0")
         self.save_hyperparameters(ignore=["vae", "optimizer", "scheduler"])
+        vae = built(vae, AutoencoderKL)
+        self.hparams["vae"] = spec(vae)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.vae = vae
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.recon_fn = RECON_LOSSES[recon_loss]
