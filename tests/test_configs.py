@@ -66,6 +66,9 @@ def test_data_dir_defaults_to_environment(tmp_path: Path, monkeypatch: pytest.Mo
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    from ldm.cli.resolvers import register
+
+    register()  # as train.py does on import (this test must not depend on another importing it first)
     monkeypatch.setenv("LDM_DATA_DIR", str(tmp_path / "elsewhere"))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -99,3 +102,21 @@ def test_lr_scaling_follows_the_effective_batch(rule: str, lr: float, tmp_path, 
     assert cfg.model.optimizer.lr == pytest.approx(lr)
     with pytest.raises(ValueError, match="lr_scaling='cubic'"):
         scale_lr(compose_cfg(tmp_path, mnist_dir, ["model=vae", "lr_scaling=cubic"]), 2, 1)
+
+
+@pytest.mark.parametrize("group", ["sampler", "weighting", "parameterization", "conditioning", "schedule"])
+def test_code_defaults_equal_config_defaults(group: str) -> None:
+    """Each option file sets every argument to the class's own default, so an object built in Python
+    (or rebuilt by a loader) is the one the config builds."""
+    import inspect
+
+    for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        if not node or "_target_" not in node:
+            continue  # conditioning=none
+        target = hydra.utils.get_object(node.pop("_target_"))
+        if group == "schedule":  # NoiseSchedule(coefficients=<schedule function>(...))
+            coefficients = node["coefficients"]
+            target, node = hydra.utils.get_object(coefficients.pop("_target_")), coefficients
+        defaults = {k: p.default for k, p in inspect.signature(target).parameters.items() if p.default is not p.empty}
+        assert node == {k: v for k, v in defaults.items() if k in node} and set(node) == set(defaults), path.name

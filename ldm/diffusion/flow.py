@@ -46,7 +46,7 @@ class FlowSampler(ABC):
 
     MAX_STEPS = 100_000  # far past any gain; the diffusion samplers' bound is the schedule's T
 
-    def __init__(self, num_steps: int = 20, shift: float = 1.0) -> None:
+    def __init__(self, num_steps: int = 50, shift: float = 1.0) -> None:
         _check_num_steps(num_steps)
         if num_steps > self.MAX_STEPS:
             raise ValueError(f"num_steps={num_steps} exceeds {self.MAX_STEPS}, the most a flow sampler takes")
@@ -87,6 +87,9 @@ class HeunSampler(FlowSampler):
     """Heun's second-order method (trapezoid with an Euler predictor); the last step is plain Euler,
     so N steps cost 2N - 1 evaluations (Karras et al. Algorithm 1, which stops at sigma = 0 alike)."""
 
+    def __init__(self, num_steps: int = 25, shift: float = 1.0) -> None:
+        super().__init__(num_steps, shift)
+
     @property
     def num_evaluations(self) -> int:
         return 2 * self.num_steps - 1
@@ -107,7 +110,7 @@ class FlowAncestralSampler(FlowSampler):
     network's error (as DDIM with eta = 1 does for the DDPM models here); eta = 0 is Euler.
     """
 
-    def __init__(self, num_steps: int = 20, shift: float = 1.0, eta: float = 1.0) -> None:
+    def __init__(self, num_steps: int = 50, shift: float = 1.0, eta: float = 1.0) -> None:
         super().__init__(num_steps, shift)
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got eta={eta!r}")
