@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import importlib.util
 import json
 import logging
@@ -44,6 +43,7 @@ from typing import Any, Callable, Iterator
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -51,19 +51,15 @@ import torch.nn.functional as F  # noqa: E402
 from ldm.data.latents import LatentDataModule, SampleLatent  # noqa: E402
 from ldm.data.mnist import MNISTDataModule, ToFloat  # noqa: E402
 from ldm.data.tensors import TensorBatchDataset  # noqa: E402
-from ldm.diffusion.parameterization import EpsilonPrediction  # noqa: E402
 from ldm.diffusion.samplers import DDIMSampler, DPMSolverPP2M, Sampler  # noqa: E402
 from ldm.guard import NonFiniteGuard  # noqa: E402
-from ldm.diffusion.schedules import NoiseSchedule, linear  # noqa: E402
-from ldm.diffusion.objectives import DiffusionObjective  # noqa: E402
 from ldm.models.autoencoder import AutoencoderKL  # noqa: E402
 from ldm.models.first_stage import IdentityFirstStage  # noqa: E402
-from ldm.models.unet import UNet  # noqa: E402
 from ldm.seeding import StepSeed  # noqa: E402
 from ldm.systems.latent_diffusion import LatentDiffusionModule  # noqa: E402
-from ldm.systems.optim import warmup_cosine  # noqa: E402
 from ldm.systems.vae import VAEModule  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 LATENT_SHAPE = (4, 7, 7)  # AutoencoderKL(in_channels=1, image_size=28): 28 -> 14 -> 7
 MNIST_TRAIN = 55_000  # the size of our MNIST train split: epochs (and their boundaries) as in a real run
 DIFFUSERS_MISSING = "diffusers not installed: pip install -e .[bench]"
@@ -180,32 +176,33 @@ def _compile_note(compile_mode: bool | str) -> str:
     return "" if compile_mode is False else f"torch.compile({'default' if compile_mode is True else compile_mode})"
 
 
+def default_model(model: str, **built: object) -> object:
+    """What `python train.py model=<model>` builds, from conf/ itself (the bench follows the defaults),
+    with `built` objects in place of config nodes (e.g. a random VAE as the first stage)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ldm.cli.resolvers import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", *(["vae_ckpt=unused"] if model == "ldm" else [])])
+    return hydra.utils.instantiate(cfg.model, **built)
+
+
 def build_ldm(compile_mode: bool | str = False) -> tuple[LatentDiffusionModule, str]:
-    """The module conf/model/ldm.yaml builds (linear schedule, eps, DDIM default), with a random VAE."""
-    module = LatentDiffusionModule(
-        unet=UNet(in_channels=4, base_channels=64, channel_mults=[1, 2], num_res_blocks=2,
-                  attention=True, num_heads=4, dropout=0.0),
-        objective=DiffusionObjective(NoiseSchedule(linear(1000, 1e-4, 0.02)), EpsilonPrediction()),
-        sampler=DDIMSampler(num_steps=50),
-        first_stage=AutoencoderKL(in_channels=1, image_size=28),
-        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0),
-        scheduler=functools.partial(warmup_cosine, warmup_steps=500, min_lr_ratio=0.1),
-        ema_decay=0.999,
-        compile=compile_mode,
-    )
+    """The module conf/model/ldm.yaml builds (today: sigmoid schedule, v-prediction, Min-SNR-5, DDIM 50
+    with eta = 1, the 4.0M UNet), on a random VAE."""
+    vae = AutoencoderKL(in_channels=1, image_size=28)
+    module = default_model("ldm", first_stage=vae, compile=compile_mode)
     module.first_stage.normalizer.set(1.0)  # random latents of unit scale (the cache would fit it)
     return module, _compile_note(compile_mode)
 
 
 def build_vae(compile_mode: bool | str = False) -> tuple[VAEModule, str]:
     """The module conf/model/vae.yaml builds."""
-    module = VAEModule(
-        vae=AutoencoderKL(in_channels=1, image_size=28, latent_channels=4, hidden_channels=[32, 64, 128]),
-        optimizer=functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.0),
-        scheduler=functools.partial(warmup_cosine, warmup_steps=200, min_lr_ratio=0.05),
-        recon_loss="bce", beta=1e-3, compile=compile_mode,
-    )
-    return module, _compile_note(compile_mode)
+    return default_model("vae", compile=compile_mode), _compile_note(compile_mode)
 
 
 def _optimizer_note(optimizer: torch.optim.Optimizer) -> str:
