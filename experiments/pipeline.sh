@@ -7,7 +7,8 @@
 # ROOT (default: a fresh folder under /tmp) receives logs/, the latent cache and samples, so the
 # run never picks up checkpoints from elsewhere. MNIST comes from LDM_DATA_DIR (default: the repo's data/).
 # The classifier for the FID is evaluation infrastructure: trained first, outside the clock,
-# with profile gpu only (or reuse one: CLASSIFIER_CKPT=path).
+# with profile gpu only (or reuse one: CLASSIFIER_CKPT=path). VAE_EXTRA / LDM_EXTRA: more overrides
+# for the two stages (e.g. LDM_EXTRA="data.images.val_size=64" for a small dataset).
 set -euo pipefail
 profile=${1:?usage: pipeline.sh tiny|gpu [ROOT]}
 root=${2:-$(mktemp -d /tmp/ldm-pipeline-XXXX)}
@@ -49,8 +50,8 @@ if [[ ${#evaluate[@]} -gt 0 && -z ${CLASSIFIER_CKPT:-} ]]; then  # outside the c
 fi
 : > "$root/pipeline_times.txt"
 total_start=$(ms)
-stage vae python train.py "${vae[@]}" "${common[@]}"
-stage ldm python train.py "${ldm[@]}" "${common[@]}"   # includes encoding the latent cache once
+stage vae python train.py "${vae[@]}" "${common[@]}" ${VAE_EXTRA:-}
+stage ldm python train.py "${ldm[@]}" "${common[@]}" ${LDM_EXTRA:-}   # includes encoding the latent cache once
 stage samples python sample.py "${sample[@]}" "registry_dir=$root/logs/latest" "out=$root/samples"
 report total "$total_start"
 if [[ ${#evaluate[@]} -gt 0 ]]; then
