@@ -275,3 +275,10 @@ def test_from_checkpoint_refuses_edited_files(vae_ckpt: Path, tmp_path: Path) ->
         torch.save(checkpoint, tmp_path / "bad.ckpt")
         with pytest.raises(CheckpointError, match=message):
             LatentDiffusionModule.from_checkpoint(tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="is a vae checkpoint, but a ldm checkpoint is needed"):
+        LatentDiffusionModule.load_from_checkpoint(vae_ckpt)  # Lightning's loader checks the kind too
+    checkpoint = torch.load(tmp_path / "ok.ckpt", weights_only=True)
+    del checkpoint["hyper_parameters"]
+    torch.save(checkpoint, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="older version of ldm"):
+        LatentDiffusionModule.load_from_checkpoint(tmp_path / "bad.ckpt")

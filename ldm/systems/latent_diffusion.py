@@ -237,6 +237,14 @@ class LatentDiffusionModule(L.LightningModule):
                                   "use an earlier checkpoint of the run")
         return model.eval()
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "LatentDiffusionModule":
+        """Lightning's loader, after the same checks as `from_checkpoint` (an LDM checkpoint of this format)."""
+        checkpoint = load_checkpoint(checkpoint_path, cls.KIND)
+        if checkpoint["ldm"].get("format") != cls.FORMAT or not isinstance(checkpoint.get("hyper_parameters"), dict):
+            raise CheckpointError(f"{checkpoint_path}: {_OLD_FORMAT}")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def pipeline(self) -> DiffusionPipeline:
         """The EMA denoiser with its objective, first stage, default sampler and guidance (`ldm.pipeline`)."""
         self.first_stage.normalizer.check()  # NaN latents never reach a decoder
