@@ -18,6 +18,7 @@ never silently change what ldm does. Each use is here because no public API does
 from __future__ import annotations
 
 import importlib
+import types
 from typing import Any
 
 PRIVATE: dict[str, tuple[str, ...]] = {
@@ -32,10 +33,10 @@ def require(owner: Any, *names: str) -> None:
     """Raise a RuntimeError naming each of `names` that `owner` (a module or class) no longer has."""
     missing = [name for name in names if not callable(getattr(owner, name, None))]
     if missing:
-        where = getattr(owner, "__qualname__", getattr(owner, "__name__", str(owner)))
-        raise RuntimeError(f"{where}.{', '.join(missing)} is gone in this version of {where.split('.')[0]} "
-                           f"({getattr(owner, '__module__', where)}): ldm relies on it (see ldm/compat.py); use the "
-                           "versions pyproject.toml allows, or update ldm")
+        module = owner.__name__ if isinstance(owner, types.ModuleType) else owner.__module__
+        where = module if isinstance(owner, types.ModuleType) else f"{module}.{owner.__qualname__}"
+        raise RuntimeError(f"{where}.{', '.join(missing)} is gone in this version of {module.split('.')[0]}: ldm "
+                           "relies on it (see ldm/compat.py); use the versions pyproject.toml allows, or update ldm")
 
 
 def missing_private_apis() -> list[str]:

@@ -27,6 +27,7 @@ from ldm.diffusion.guidance import ClassConditioning
 from ldm.diffusion.parameterization import Parameterization
 from ldm.diffusion.weighting import LossWeight
 from ldm.errors import UserError
+from ldm.io import update_hash
 
 T = TypeVar("T")
 _PACKAGES = {"ldm"}
@@ -127,9 +128,8 @@ def digest(node: Any) -> str:
     """sha256 of a spec (or any plain value): equal for equal classes and values, tensors by content."""
 
     def plain(value: Any) -> Any:
-        if isinstance(value, Tensor):
-            t = value.detach().cpu().contiguous()
-            return ["tensor", str(t.dtype), list(t.shape), hashlib.sha256(t.reshape(-1).view(-1).numpy().tobytes()).hexdigest()]
+        if isinstance(value, Tensor):  # by content, as the caches hash tensors
+            return ["tensor", update_hash(hashlib.sha256(), {"t": value}).hexdigest()]
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):
