@@ -11,6 +11,7 @@
 # model <row>/ckpt and train_seconds, per scored row <row>.<sampler>_<steps>/ (metrics.json, samples.npz, grid.png). Needs a VAE and a classifier: VAE_CKPT / CLASSIFIER_CKPT, else
 # the latest runs under ROOT (python train.py model=vae / model=classifier paths.root_dir=ROOT).
 # MNIST from LDM_DATA_DIR. Rows already scored (metrics.json present) are skipped: rerun to continue.
+# ROWS="latent_ddpm latent_flow" (any of latent_ddpm latent_flow pixel_ddpm pixel_flow) runs a subset, in that order.
 set -euo pipefail
 profile=${1:?usage: objectives.sh cpu|gpu|tiny ROOT [N]}
 root=${2:?usage: objectives.sh cpu|gpu|tiny ROOT [N]}
@@ -54,17 +55,18 @@ score() {  # model row, sampler, steps, extra...: evaluate.py into $out/<row>.<s
   "${cmd[@]}" > /dev/null
 }
 
-fit latent_ddpm "vae_ckpt=$vae"
-fit latent_flow "vae_ckpt=$vae" objective=flow
-fit pixel_ddpm first_stage=pixel
-fit pixel_flow first_stage=pixel objective=flow
-for row in latent_ddpm pixel_ddpm; do
-  for steps in 10 20 50; do score $row ddim $steps; done   # eta = 1: the diffusion default
-  for steps in 10 20; do score $row dpmpp $steps; done
-done
-for row in latent_flow pixel_flow; do
-  for steps in 10 20 50; do score $row euler $steps; score $row flow_ancestral $steps; done
-  for steps in 5 10 25; do score $row heun $steps; done    # 2 steps - 1 = 9, 19, 49 evaluations
+ddpm_scores() { for steps in 10 20 50; do score "$1" ddim $steps; done   # eta = 1: the diffusion default
+                for steps in 10 20; do score "$1" dpmpp $steps; done; }
+flow_scores() { for steps in 10 20 50; do score "$1" euler $steps; score "$1" flow_ancestral $steps; done
+                for steps in 5 10 25; do score "$1" heun $steps; done; }   # 2 steps - 1 = 9, 19, 49 evaluations
+for row in ${ROWS:-latent_ddpm latent_flow pixel_ddpm pixel_flow}; do   # each model trained, then scored
+  case $row in
+    latent_ddpm) fit $row "vae_ckpt=$vae"; ddpm_scores $row ;;
+    latent_flow) fit $row "vae_ckpt=$vae" objective=flow; flow_scores $row ;;
+    pixel_ddpm)  fit $row first_stage=pixel; ddpm_scores $row ;;
+    pixel_flow)  fit $row first_stage=pixel objective=flow; flow_scores $row ;;
+    *) echo "unknown row $row (latent_ddpm latent_flow pixel_ddpm pixel_flow)" >&2; exit 2 ;;
+  esac
+  echo "$row: trained in $(cat "$out/$row/train_seconds") s"
 done
 python experiments/tabulate.py "$out"/*.*/metrics.json
-for row in latent_ddpm latent_flow pixel_ddpm pixel_flow; do echo "$row: trained in $(cat "$out/$row/train_seconds") s"; done
