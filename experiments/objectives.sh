@@ -55,18 +55,27 @@ score() {  # model row, sampler, steps, extra...: evaluate.py into $out/<row>.<s
   "${cmd[@]}" > /dev/null
 }
 
-ddpm_scores() { for steps in 10 20 50; do score "$1" ddim $steps; done   # eta = 1: the diffusion default
-                for steps in 10 20; do score "$1" dpmpp $steps; done; }
-flow_scores() { for steps in 10 20 50; do score "$1" euler $steps; score "$1" flow_ancestral $steps; done
-                for steps in 5 10 25; do score "$1" heun $steps; done; }   # 2 steps - 1 = 9, 19, 49 evaluations
-for row in ${ROWS:-latent_ddpm latent_flow pixel_ddpm pixel_flow}; do   # each model trained, then scored
+scores() {  # model row, evaluations (10 | 20 | 50): every sampler of its family at that many network evaluations
+  local row=$1 nfe=$2
   case $row in
-    latent_ddpm) fit $row "vae_ckpt=$vae"; ddpm_scores $row ;;
-    latent_flow) fit $row "vae_ckpt=$vae" objective=flow; flow_scores $row ;;
-    pixel_ddpm)  fit $row first_stage=pixel; ddpm_scores $row ;;
-    pixel_flow)  fit $row first_stage=pixel objective=flow; flow_scores $row ;;
+    *_ddpm) score "$row" ddim "$nfe"   # eta = 1: the diffusion default
+            [[ $nfe != 50 ]] && score "$row" dpmpp "$nfe" ;;
+    *_flow) score "$row" euler "$nfe"; score "$row" flow_ancestral "$nfe"
+            score "$row" heun $(( (nfe + 1) / 2 )) ;;   # Heun: 2 steps - 1 = 9, 19, 49 evaluations
+  esac
+  return 0
+}
+rows=(${ROWS:-latent_ddpm latent_flow pixel_ddpm pixel_flow})
+for row in "${rows[@]}"; do   # each model trained, then scored at 10 and 20 evaluations; the 50s come last
+  case $row in
+    latent_ddpm) fit $row "vae_ckpt=$vae" ;;
+    latent_flow) fit $row "vae_ckpt=$vae" objective=flow ;;
+    pixel_ddpm)  fit $row first_stage=pixel ;;
+    pixel_flow)  fit $row first_stage=pixel objective=flow ;;
     *) echo "unknown row $row (latent_ddpm latent_flow pixel_ddpm pixel_flow)" >&2; exit 2 ;;
   esac
   echo "$row: trained in $(cat "$out/$row/train_seconds") s"
+  scores $row 10; scores $row 20
 done
+for row in "${rows[@]}"; do scores $row 50; done
 python experiments/tabulate.py "$out"/*.*/metrics.json
