@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -113,26 +113,32 @@ class ThroughputLogger(L.Callback):
 
 
 class ProgressBar(RichProgressBar):
-    """Rich progress bar that reads the logged values off the device every n training steps only.
+    """Rich progress bar that reads the training numbers off the device every n steps only.
 
-    Lightning's bars convert every `prog_bar=True` metric to a Python number after every batch:
-    one device sync per step, so the CPU cannot queue the next step while the GPU works. This bar
-    still advances every batch but refreshes the numbers every `metrics_every_n_steps` steps (and
-    always outside training).
+    Lightning converts every `prog_bar=True` metric to a Python number after every batch, whatever
+    the bar shows: one host sync per step, so the CPU cannot queue the next step while the GPU works.
+    Our modules therefore log their step metrics with `prog_bar=False`; this bar reads `keys` from
+    `trainer.callback_metrics` every `metrics_every_n_steps` steps (and always outside training).
     """
 
-    def __init__(self, metrics_every_n_steps: int = 25, **kwargs: Any) -> None:
+    def __init__(self, metrics_every_n_steps: int = 25, keys: Sequence[str] = ("train/loss",), **kwargs: Any) -> None:
         if metrics_every_n_steps < 1:
             raise ValueError(f"callbacks.progress_bar.metrics_every_n_steps={metrics_every_n_steps} must be >= 1")
         super().__init__(**kwargs)
-        self.metrics_every_n_steps = metrics_every_n_steps
+        self.metrics_every_n_steps, self.keys = metrics_every_n_steps, tuple(keys)
         self._metrics: dict[str, Any] | None = None
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if trainer.training and self._metrics is not None and trainer.global_step % self.metrics_every_n_steps:
             return self._metrics
-        self._metrics = super().get_metrics(trainer, pl_module)
-        return self._metrics
+        metrics = super().get_metrics(trainer, pl_module)  # epoch-level prog_bar values: already numbers
+        metrics.pop("v_num", None)  # the logger's version says nothing a run folder does not
+        for key in self.keys:
+            value = trainer.callback_metrics.get(f"{key}_step", trainer.callback_metrics.get(key))
+            if value is not None:
+                metrics[key] = f"{float(value):.4g}"  # the one host read, every n steps
+        self._metrics = metrics
+        return metrics
 
 
 def _synchronize(device: torch.device) -> None:

@@ -98,7 +98,7 @@ class ClassifierModule(L.LightningModule):
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, y)
         self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": accuracy}, on_step=train, on_epoch=True,
-                      prog_bar=stage != "test", batch_size=len(x), sync_dist=not train)
+                      prog_bar=stage == "val", batch_size=len(x), sync_dist=not train)
         return loss
 
     def configure_optimizers(self) -> Any:

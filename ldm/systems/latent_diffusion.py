@@ -123,7 +123,7 @@ class LatentDiffusionModule(L.LightningModule):
             labels = self.conditioning.drop_labels(labels)  # learn the unconditional model too
         t = self.objective.draw_times(len(x0), x0.device)
         loss = self.objective.loss(self.compiled(self.unet), x0, t, torch.randn_like(x0), labels).mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x0))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(x0))  # the bar reads it every n steps
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -139,7 +139,7 @@ class LatentDiffusionModule(L.LightningModule):
         generator = torch.Generator(device=x0.device).manual_seed(batch_idx)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         loss = self.objective.loss(self.ema.model, x0, t, eps, self._labels(batch)).mean()
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x0), sync_dist=True)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(x0), sync_dist=True)
         return loss
 
     @torch.no_grad()

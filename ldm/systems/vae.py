@@ -116,7 +116,7 @@ class VAEModule(L.LightningModule):
             self.psnr[stage](images, x)
             self.ssim[stage](images, x)
             metrics.update({f"{stage}/psnr": self.psnr[stage], f"{stage}/ssim": self.ssim[stage]})
-        self.log_dict(metrics, on_step=train, on_epoch=True, prog_bar=stage != "test",
+        self.log_dict(metrics, on_step=train, on_epoch=True, prog_bar=stage == "val",
                       batch_size=len(x), sync_dist=not train)
         return loss
 
