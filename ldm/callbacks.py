@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class ImageLogger(L.Callback):
-    """Every `every_n_epochs` validation epochs, log the grids from `pl_module.log_images`.
+    """Every `every_n_epochs` validation epochs and at the last epoch, log the grids from
+    `pl_module.log_images`.
 
     The images come from the first validation batch, so every epoch shows the same digits.
     """
@@ -44,7 +45,9 @@ class ImageLogger(L.Callback):
         self._batch: dict[str, torch.Tensor] | None = None
 
     def _due(self, trainer: L.Trainer) -> bool:
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch == trainer.max_epochs  # a short run still gets its pictures
+        return not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or last)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0 and dataloader_idx == 0 and self._due(trainer):

@@ -38,9 +38,9 @@ def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path) -> None:
     assert sorted(p.name for p in (run / "images").glob("*epoch001.png")) == [
         "inputs_epoch001.png", "prior_samples_epoch001.png", "reconstructions_epoch001.png",
     ]
-    ckpt = find_latest(tmp_path / "logs" / "latest", "vae")
+    ckpt = find_latest(tmp_path / "logs" / "debug" / "latest", "vae")
     assert ckpt.parent == run / "checkpoints"
-    entry = json.loads((tmp_path / "logs" / "latest" / "vae.json").read_text())
+    entry = json.loads((tmp_path / "logs" / "debug" / "latest" / "vae.json").read_text())
     assert entry["run_dir"] == str(run) and "val/loss" in entry["metrics"]
     assert load_vae(ckpt).latent_shape == (4, 7, 7)
 
@@ -102,7 +102,7 @@ def test_pixel_space_flow_matching_end_to_end(tmp_path: Path, mnist_dir: Path) -
     for figure in ("samples", "forward_corruption", "denoising_trajectory"):
         assert (run / "images" / f"{figure}_epoch001.png").is_file()
     assert not (tmp_path / ".cache" / "ldm").exists()  # no latent cache in pixel space
-    ckpt = find_latest(tmp_path / "logs" / "latest", "ldm")
+    ckpt = find_latest(tmp_path / "logs" / "debug" / "latest", "ldm")
     with pytest.raises(CheckpointError, match="pixel-space model"):
         load_vae(ckpt)
     path = sample(_compose_sample([f"ckpt={ckpt}", "num_samples=5", f"out={tmp_path / 's'}", "device=cpu"]))
@@ -125,16 +125,35 @@ def test_train_vae_then_ldm_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
     train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY], run="vae_run"))
     # model=ldm finds the VAE just trained through the registry, with no vae_ckpt argument.
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", *LDM_TINY, "trainer.max_epochs=2"])
-    assert cfg.vae_ckpt == str(find_latest(tmp_path / "logs" / "latest", "vae"))
+    assert cfg.vae_ckpt == str(find_latest(tmp_path / "logs" / "debug" / "latest", "vae"))
     metrics = train(cfg)
     assert {"train/loss_epoch", "val/loss", "test/loss"} <= set(metrics)
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert find_latest(tmp_path / "logs" / "latest", "ldm").parent == run / "checkpoints"
-    assert load_vae(find_latest(tmp_path / "logs" / "latest", "vae")).latent_shape == (4, 7, 7)  # untouched
+    assert find_latest(tmp_path / "logs" / "debug" / "latest", "ldm").parent == run / "checkpoints"
+    assert load_vae(find_latest(tmp_path / "logs" / "debug" / "latest", "vae")).latent_shape == (4, 7, 7)  # untouched
     for figure in ("samples", "forward_corruption", "denoising_trajectory"):
         assert (run / "images" / f"{figure}_epoch001.png").is_file()
     assert len(list((tmp_path / ".cache" / "ldm").glob("latents-*.pt"))) == 1
+
+
+def test_debug_runs_never_feed_or_replace_real_runs(tmp_path: Path, mnist_dir: Path) -> None:
+    """debug=fast runs live under logs/debug: the real registry and `ckpt_path=last` never see them,
+    while a debug LDM uses a debug VAE if there is one, else the real one."""
+    from conftest import save_vae_checkpoint
+    from ldm.checkpoints import record_latest
+
+    real = save_vae_checkpoint(tmp_path / "real.ckpt")
+    record_latest(tmp_path / "logs" / "latest", "vae", real)
+    before = (tmp_path / "logs" / "latest" / "vae.json").read_bytes()
+    assert compose_cfg(tmp_path, mnist_dir, ["model=ldm", *LDM_TINY]).vae_ckpt == str(real)  # no debug VAE yet
+    train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1"], run="logs/debug/vae/runs/a"))
+    assert (tmp_path / "logs" / "latest" / "vae.json").read_bytes() == before
+    debug_vae = find_latest(tmp_path / "logs" / "debug" / "latest", "vae")
+    assert compose_cfg(tmp_path, mnist_dir, ["model=ldm", *LDM_TINY]).vae_ckpt == str(debug_vae)
+    assert compose_cfg(tmp_path, mnist_dir, ["model=ldm", "trainer=cpu"]).vae_ckpt == str(real)
+    with pytest.raises(CheckpointError, match="no checkpoints/last.ckpt under"):
+        train(compose_cfg(tmp_path, mnist_dir, ["model=vae", "trainer=cpu", "ckpt_path=last"], run="resumed"))
 
 
 def test_ldm_logs_fid_and_kid_when_a_classifier_exists(tmp_path: Path, mnist_dir: Path) -> None:
@@ -153,7 +172,7 @@ def test_ldm_logs_fid_and_kid_when_a_classifier_exists(tmp_path: Path, mnist_dir
     metrics = train(cfg)
     assert metrics["val/fid"] > 0 and "val/kid" in metrics
     assert "val/fid" in (tmp_path / "run" / "csv" / "metrics.csv").read_text()
-    assert find_latest(tmp_path / "logs" / "latest", "ldm").name == "epoch001.ckpt"  # best by val/fid
+    assert find_latest(tmp_path / "logs" / "debug" / "latest", "ldm").name == "epoch001.ckpt"  # best by val/fid
 
 
 def test_ldm_without_a_vae_says_how_to_get_one(tmp_path: Path, mnist_dir: Path) -> None:
@@ -177,7 +196,7 @@ def test_schedule_multirun_shares_one_cache_and_one_wandb_group(tmp_path: Path, 
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted((tmp_path / "logs" / "ldm" / "multiruns").glob("*/[0-9]"))
+    jobs = sorted((tmp_path / "logs" / "debug" / "ldm" / "multiruns").glob("*/[0-9]"))
     assert [j.name for j in jobs] == ["0", "1"]
     configs = [(j / "config.yaml").read_text() for j in jobs]
     assert "ldm.diffusion.schedules.linear" in configs[0] and "ldm.diffusion.schedules.cosine" in configs[1]
@@ -226,8 +245,8 @@ def test_ddp_two_cpu_processes_every_stage(tmp_path: Path, mnist_dir: Path) -> N
             assert output.count("Encoding MNIST") == 1
         assert "RANKS AGREE" in output, (stage, output[-3000:])
         assert (stage == "vae") == ("lr_scaling=linear: effective batch x2" in output)
-        assert find_latest(tmp_path / "logs" / "latest", stage.split()[0]).is_file()
-    metrics = sorted((tmp_path / "logs" / "ldm" / "runs").glob("*/csv/metrics.csv"))[-2].read_text()
+        assert find_latest(tmp_path / "logs" / "debug" / "latest", stage.split()[0]).is_file()
+    metrics = sorted((tmp_path / "logs" / "debug" / "ldm" / "runs").glob("*/csv/metrics.csv"))[-2].read_text()
     assert "val/fid" in metrics and "val/kid" in metrics
 
 
@@ -236,11 +255,11 @@ def test_multirun_of_ddp_jobs(tmp_path: Path, mnist_dir: Path) -> None:
     job's saved config (.hydra/config.yaml) as a single run, so ranks do not start sweeps of their own."""
     output = _train_subprocess(tmp_path, mnist_dir, "-m", "model=vae", *[o for o in TINY if o != "trainer=cpu"],
                       "model.beta=1e-3,1e-2", *DDP, "callbacks.images=null", "trainer.max_epochs=1")
-    jobs = sorted((tmp_path / "logs" / "vae" / "multiruns").glob("*/[0-9]"))
+    jobs = sorted((tmp_path / "logs" / "debug" / "vae" / "multiruns").glob("*/[0-9]"))
     assert [j.name for j in jobs] == ["0", "1"]
     assert all((j / "checkpoints" / "last.ckpt").is_file() for j in jobs)
     assert all((j / "train_ddp_process_1.log").is_file() for j in jobs)  # rank 1 ran inside each job
-    assert len(list((tmp_path / "logs" / "vae" / "multiruns").iterdir())) == 1  # and started no sweep
+    assert len(list((tmp_path / "logs" / "debug" / "vae" / "multiruns").iterdir())) == 1  # and started no sweep
     assert output.count("RANKS AGREE") == 2
 
 

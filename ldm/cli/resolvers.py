@@ -1,7 +1,8 @@
 """OmegaConf resolvers the configs in `conf/` use; `register()` installs them (idempotent).
 
     ${cwd:}                          the folder the command was started in
-    ${latest_ckpt:vae,REGISTRY}      the checkpoint the last `vae` run recorded (an error if none)
+    ${latest_ckpt:vae,REGISTRY[,FALLBACK]}  the checkpoint the last `vae` run recorded in REGISTRY, else in
+                                     FALLBACK (debug runs: their own registry, then the real one); an error if none
     ${latest_ckpt_or_none:...}       ... or null
     ${auto_precision:ACCELERATOR}    bf16-mixed on a CUDA GPU with native bf16, else 32-true
     ${run_name:TASK} / ${sweep_group:TASK}   W&B run and group names
@@ -83,9 +84,19 @@ def auto_precision(accelerator: str) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
 
-def _latest_or_none(stage: str, registry: str) -> str | None:
+def _latest(stage: str, registry: str, fallback: str | None = None) -> str:
+    """The latest `stage` checkpoint in `registry`, else in `fallback`; the error names `registry`."""
     try:
         return str(find_latest(registry, stage))
+    except CheckpointError:
+        if fallback is None or Path(fallback).resolve() == Path(registry).resolve():
+            raise
+        return str(find_latest(fallback, stage))
+
+
+def _latest_or_none(stage: str, registry: str, fallback: str | None = None) -> str | None:
+    try:
+        return _latest(stage, registry, fallback)
     except CheckpointError:
         return None
 
@@ -105,7 +116,7 @@ def _run_name(task: str) -> str:
 def register() -> None:
     resolvers = {
         "cwd": os.getcwd,
-        "latest_ckpt": lambda stage, registry: str(find_latest(registry, stage)),
+        "latest_ckpt": _latest,
         "latest_ckpt_or_none": _latest_or_none,
         "auto_precision": auto_precision,
         "run_name": _run_name,
