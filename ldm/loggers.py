@@ -26,6 +26,7 @@ from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from ldm.errors import ConfigError
 from ldm.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,17 @@ def wandb_logger(
         log_model=log_model and mode == "online", id=run_id, mode=mode,
         settings=wandb.Settings(init_timeout=60, silent=True),
     )
+
+
+def tensorboard_logger(save_dir: str | Path, name: str = "tensorboard", version: str = "", **kwargs: Any
+                       ) -> pl_loggers.TensorBoardLogger:
+    """Lightning's TensorBoardLogger, or a one-line error saying how to install what it needs."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError("logger=tensorboard needs the tensorboard package, which is not installed: "
+                          "pip install -e '.[tensorboard]' (or pip install tensorboard), or use logger=csv") from None
+    return pl_loggers.TensorBoardLogger(save_dir=save_dir, name=name, version=version, **kwargs)
 
 
 def finish_wandb(loggers: Sequence[object], exit_code: int = 0) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 
 from conftest import ROOT, compose_cfg
@@ -34,6 +35,8 @@ def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path) -> None:
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "config.yaml").read_text().count("${") == 0  # resolved
     metrics_csv = (run / "csv" / "metrics.csv").read_text()
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    assert {"model", "trainer", "data"} <= set(hparams) and "beta" not in hparams  # the config, no flat duplicates
     assert "val/loss" in metrics_csv and "train/recon_step" in metrics_csv
     assert sorted(p.name for p in (run / "images").glob("*epoch001.png")) == [
         "inputs_epoch001.png", "prior_samples_epoch001.png", "reconstructions_epoch001.png",
@@ -287,3 +290,24 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
                                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         output = result.stdout + result.stderr
         assert result.returncode == 1 and message in output and "Traceback" not in output, output[-2000:]
+
+
+def test_tensorboard_logger_writes_events_and_says_how_to_install_it(tmp_path: Path, mnist_dir: Path) -> None:
+    """With tensorboard: event files in <run>/tensorboard. Without it (a fresh base install), one line
+    naming the extra. The package cannot be uninstalled for one test, so the second run blocks its
+    import the way Python does for a missing module (sys.modules entry None -> ImportError)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorboard")
+    train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1", "logger=tensorboard",
+                                            "callbacks.images=null"]))
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    script = ("import runpy, sys; sys.modules['tensorboard'] = None; sys.argv = ['train.py', *sys.argv[1:]]; "
+              f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
+    env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir)}
+    result = subprocess.run([sys.executable, "-c", script, "model=vae", "logger=tensorboard", *TINY,
+                             f"paths.root_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "pip install -e '.[tensorboard]'" in output and "Traceback" not in output, output[-2000:]

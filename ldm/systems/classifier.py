@@ -63,7 +63,7 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(
                 f"model.label_smoothing={label_smoothing} must be in [0, 1) and model.augment_shift={augment_shift} >= 0"
             )
-        self.save_hyperparameters(ignore=["classifier", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["classifier", "optimizer", "scheduler"], logger=False)  # loggers get the resolved config
         classifier = built(classifier, MNISTClassifier)
         self.hparams["classifier"] = spec(classifier)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.classifier = classifier

@@ -76,7 +76,7 @@ class VAEModule(L.LightningModule):
             raise ValueError(f"model.recon_loss={recon_loss!r} is not one of {sorted(RECON_LOSSES)}")
         if not (0 <= beta < math.inf) or beta_warmup_steps < 0:
             raise ValueError(f"model.beta={beta} and model.beta_warmup_steps={beta_warmup_steps} must be >= 0")
-        self.save_hyperparameters(ignore=["vae", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["vae", "optimizer", "scheduler"], logger=False)  # loggers get the resolved config
         vae = built(vae, AutoencoderKL)
         self.hparams["vae"] = spec(vae)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.vae = vae
