@@ -140,7 +140,7 @@ def test_checkpoint_rebuilds_the_classifier(tmp_path: Path) -> None:
 
 
 def test_train_classifier_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
-    from train import train
+    from ldm.cli.train import train
 
     overrides = [
         "model=classifier", "debug=fast", "trainer=cpu", "logger=csv", "data.val_size=64", "data.batch_size=32",

@@ -95,7 +95,7 @@ def test_default_precision_is_bf16_only_on_a_cuda_gpu(monkeypatch) -> None:
 
 @pytest.mark.parametrize(("rule", "lr"), [("none", 1e-3), ("sqrt", 2e-3), ("linear", 4e-3)])
 def test_lr_scaling_follows_the_effective_batch(rule: str, lr: float, tmp_path, mnist_dir) -> None:
-    from train import scale_lr
+    from ldm.cli.train import scale_lr
 
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "model.optimizer.lr=1e-3", f"lr_scaling={rule}"])
     scale_lr(cfg, world_size=2, accumulate=2)  # 2 devices x 2 accumulated batches: 4x the batch

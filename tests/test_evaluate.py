@@ -43,7 +43,7 @@ def _base(tmp_path: Path, mnist_dir: Path) -> list[str]:
 
 
 def test_evaluate_saved_samples_with_labels(tmp_path: Path, mnist_dir: Path) -> None:
-    from evaluate import evaluate
+    from ldm.cli.evaluate import evaluate
 
     images, labels = fake_digits(50, seed=3)
     np.savez(tmp_path / "samples.npz", images=images, labels=labels.astype(np.int64))
@@ -55,7 +55,7 @@ def test_evaluate_saved_samples_with_labels(tmp_path: Path, mnist_dir: Path) -> 
 
 
 def test_evaluate_samples_a_checkpoint_first(tmp_path: Path, mnist_dir: Path) -> None:
-    from evaluate import evaluate
+    from ldm.cli.evaluate import evaluate
 
     vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
     out = tmp_path / "vae_samples"
@@ -65,7 +65,7 @@ def test_evaluate_samples_a_checkpoint_first(tmp_path: Path, mnist_dir: Path) ->
 
 
 def test_bad_samples_file_is_a_clear_error(tmp_path: Path, mnist_dir: Path) -> None:
-    from evaluate import evaluate
+    from ldm.cli.evaluate import evaluate
 
     np.savez(tmp_path / "wrong.npz", pictures=np.zeros((2, 28, 28), np.uint8))
     with pytest.raises(SamplesError, match="no `images` array"):
@@ -84,7 +84,7 @@ def test_bad_samples_file_is_a_clear_error(tmp_path: Path, mnist_dir: Path) -> N
     (np.full(50, 10, np.int64), r"class ids in 0\.\.9"),
 ])
 def test_labels_must_be_one_class_id_per_sample(tmp_path: Path, mnist_dir: Path, labels, message: str) -> None:
-    from evaluate import evaluate
+    from ldm.cli.evaluate import evaluate
 
     np.savez(tmp_path / "samples.npz", images=fake_digits(50, seed=3)[0], labels=labels)
     with pytest.raises(SamplesError, match=message):
@@ -94,7 +94,7 @@ def test_labels_must_be_one_class_id_per_sample(tmp_path: Path, mnist_dir: Path,
 
 @pytest.mark.parametrize("k", [0, -1, 50])
 def test_k_must_be_between_1_and_the_number_of_samples(tmp_path: Path, mnist_dir: Path, k: int) -> None:
-    from evaluate import evaluate
+    from ldm.cli.evaluate import evaluate
 
     np.savez(tmp_path / "samples.npz", images=fake_digits(50, seed=3)[0])  # k=0 gave precision = recall = 0
     with pytest.raises(ConfigError, match=f"k={k} must be >= 1"):
@@ -102,7 +102,7 @@ def test_k_must_be_between_1_and_the_number_of_samples(tmp_path: Path, mnist_dir
 
 
 def test_a_failed_json_write_keeps_the_numbers_on_screen(tmp_path: Path, mnist_dir: Path, capsys) -> None:
-    from evaluate import evaluate
+    from ldm.cli.evaluate import evaluate
 
     np.savez(tmp_path / "samples.npz", images=fake_digits(20, seed=3)[0])
     base = [f"samples={tmp_path / 'samples.npz'}", "floor=false", *_base(tmp_path, mnist_dir)]

@@ -21,7 +21,7 @@ from ldm.loggers import wandb_mode
 from ldm.cli.handler import user_error
 from ldm.errors import ConfigError
 from ldm.resume import resolve_resume
-from train import train
+from ldm.cli.train import train
 
 VAE_TINY = ["model=vae", "trainer=cpu", "trainer.max_epochs=2", "data.val_size=64", "data.batch_size=32",
             "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false"]

@@ -52,7 +52,7 @@ def test_real_mnist_files_and_splits() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_bf16_vae_then_ldm(tmp_path: Path, mnist_dir: Path) -> None:
     from test_train import LDM_TINY, TINY
-    from train import train
+    from ldm.cli.train import train
 
     gpu = ["trainer=gpu"]  # bf16-mixed
     vae = train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *[o for o in TINY if o != "trainer=cpu"], *gpu], run="vae_run"))

@@ -93,7 +93,7 @@ def test_labels_on_an_unconditional_model_and_bad_shapes(vae_ckpt: Path) -> None
 def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:
     import lightning as L
 
-    from sample import run
+    from ldm.cli.sample import run
     from test_sample import _compose
 
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
@@ -120,7 +120,7 @@ def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_conditional_train_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
-    from train import train
+    from ldm.cli.train import train
 
     from test_train import LDM_TINY
 

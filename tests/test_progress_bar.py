@@ -41,7 +41,7 @@ def test_one_hundred_training_steps_read_the_device_rarely(tmp_path: Path, mnist
     default callbacks and bar may read the device a few times per epoch and every n steps, not after
     every step (with the step loss on the bar, Lightning read it after every batch: 232 reads here)."""
     from test_train import LDM_TINY, TINY
-    from train import train
+    from ldm.cli.train import train
 
     if stage == "ldm":
         train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1"], run="vae"))

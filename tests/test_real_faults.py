@@ -23,7 +23,7 @@ from ldm.cli.handler import user_error
 from ldm.data.latents import LatentDataModule
 from ldm.data.mnist import MNISTDataModule
 from ldm.io import WriteError
-from train import train
+from ldm.cli.train import train
 
 VAE_TINY = ["model=vae", "trainer=cpu", "trainer.max_epochs=2", "data.val_size=64", "data.batch_size=32",
             "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false"]

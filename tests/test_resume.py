@@ -95,7 +95,7 @@ def test_last_checkpoint_is_the_final_state_even_when_the_best_is_older(tmp_path
     """Lightning's own save_last skips epochs without a new best; ours must not (monitor=step, mode=min:
     only epoch 0 is ever 'best')."""
     from conftest import compose_cfg
-    from train import train
+    from ldm.cli.train import train
 
     cfg = compose_cfg(tmp_path, mnist_dir, [
         "model=vae", "trainer=cpu", "trainer.max_epochs=3", "data.val_size=64", "data.batch_size=32",

@@ -49,7 +49,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind, extra", [("ldm", ["sampler=ddim", "steps=5"]), ("ldm", ["sampler=dpmpp", "steps=4"]), ("vae", [])])
 def test_sample_writes_grid_and_npz(checkpoints, tmp_path: Path, kind: str, extra: list[str]) -> None:
-    from sample import run
+    from ldm.cli.sample import run
 
     out = tmp_path / "out"
     cfg = _compose([f"ckpt={checkpoints[kind]}", "num_samples=7", "batch_size=3", f"out={out}", "device=cpu", *extra])
@@ -64,7 +64,7 @@ def test_sample_writes_grid_and_npz(checkpoints, tmp_path: Path, kind: str, extr
 
 
 def test_defaults_to_the_latest_ldm_and_draws_a_trajectory(checkpoints, tmp_path: Path) -> None:
-    from sample import run
+    from ldm.cli.sample import run
 
     record_latest(tmp_path / "registry", "ldm", checkpoints["ldm"])
     cfg = _compose([f"registry_dir={tmp_path / 'registry'}", "num_samples=2", f"out={tmp_path}", "device=cpu",
@@ -74,7 +74,7 @@ def test_defaults_to_the_latest_ldm_and_draws_a_trajectory(checkpoints, tmp_path
 
 
 def test_wrong_checkpoint_kind_and_bad_values(checkpoints, tmp_path: Path) -> None:
-    from sample import run
+    from ldm.cli.sample import run
 
     not_a_model = tmp_path / "x.ckpt"
     torch.save({"ldm": {"kind": "classifier"}, "state_dict": {}}, not_a_model)
@@ -100,7 +100,7 @@ def _cli(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     ("steps=2.5", "steps"), ("eta=-1", "eta"), ("ckpt=missing.ckpt", "ckpt"), ("out=[a]", "out"),
 ])
 def test_bad_values_are_config_errors_naming_the_key(checkpoints, tmp_path: Path, override: str, key: str) -> None:
-    from sample import run
+    from ldm.cli.sample import run
 
     from ldm.cli.handler import user_error
 
@@ -112,7 +112,7 @@ def test_bad_values_are_config_errors_naming_the_key(checkpoints, tmp_path: Path
 
 
 def test_no_recorded_ldm_says_ckpt_and_registry_follows_paths(tmp_path: Path) -> None:
-    from sample import run
+    from ldm.cli.sample import run
 
     cfg = _compose([f"paths.root_dir={tmp_path}", f"out={tmp_path / 'out'}"])
     assert cfg.registry_dir == f"{tmp_path}/logs/latest"  # was ${cwd:}/logs/latest whatever paths said
@@ -131,7 +131,7 @@ def test_one_line_error_and_exit_status_from_the_command_line(checkpoints, tmp_p
 def test_each_batch_is_on_disk_before_the_next_is_drawn(checkpoints, tmp_path: Path, monkeypatch) -> None:
     """Bounded memory: batches go to <out>/.parts as they are made; labels are made per batch too."""
     from ldm import sampling
-    from sample import run
+    from ldm.cli.sample import run
 
     on_disk, write = [], sampling.Parts.write
     monkeypatch.setattr(sampling.Parts, "write", lambda self, i, *a: on_disk.append(
@@ -146,7 +146,7 @@ def test_each_batch_is_on_disk_before_the_next_is_drawn(checkpoints, tmp_path: P
 def test_sigterm_mid_run_then_the_same_command_continues(checkpoints, tmp_path: Path, caplog) -> None:
     """A real SIGTERM to a real `python sample.py`: one line, exit 143, the finished batches kept; the
     same command then draws only the rest, and the result equals an uninterrupted run's."""
-    from sample import run
+    from ldm.cli.sample import run
 
     args = [f"ckpt={checkpoints['ldm']}", "num_samples=24", "batch_size=4", "steps=20", "device=cpu", "grid_size=8"]
     out = tmp_path / "out"
@@ -181,7 +181,7 @@ def test_a_full_disk_keeps_the_samples_and_the_same_command_continues(
 ) -> None:
     """A real full disk (a small tmpfs): 16k fills up during the batches, 128k at grid.png, after samples.npz.
     Neither leaves a 0-byte file; once space is freed the same command finishes with the same samples."""
-    from sample import run
+    from ldm.cli.sample import run
 
     args = [f"ckpt={checkpoints['vae']}", "num_samples=40", "batch_size=4", "device=cpu"]
     reference = np.load(run(_compose([*args, f"out={tmp_path / 'reference'}"])))["images"]
@@ -203,7 +203,7 @@ def test_a_full_disk_keeps_the_samples_and_the_same_command_continues(
 
 
 def test_sampler_options_on_a_vae_checkpoint_are_refused(checkpoints, tmp_path: Path) -> None:
-    from sample import run
+    from ldm.cli.sample import run
 
     for extra in (["steps=3"], ["sampler=ddim"], ["eta=0"]):
         with pytest.raises(ConfigError, match="is a VAE: it samples its prior in one decoder pass"):
@@ -213,7 +213,7 @@ def test_sampler_options_on_a_vae_checkpoint_are_refused(checkpoints, tmp_path: 
 def test_a_second_sampler_on_the_same_out_folder_is_refused(checkpoints, tmp_path: Path) -> None:
     """Two sample.py on one out= folder (before: one crashed with a traceback, parts were left): the
     second is refused while the first (here a real second process holding its lock) works."""
-    from sample import run
+    from ldm.cli.sample import run
     from test_real_faults import hold_lock
 
     out = tmp_path / "out"
@@ -230,7 +230,7 @@ def test_a_second_sampler_on_the_same_out_folder_is_refused(checkpoints, tmp_pat
 
 @pytest.mark.parametrize("damage, message", [("shape", "do not fit the model it records"), ("nan", "holds NaN/Inf weights")])
 def test_damaged_or_nan_weights_are_one_line_not_black_samples(checkpoints, tmp_path: Path, damage: str, message: str) -> None:
-    from sample import run
+    from ldm.cli.sample import run
 
     checkpoint = torch.load(checkpoints["ldm"], weights_only=True)
     state = checkpoint["state_dict"]

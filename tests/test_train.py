@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, compose_cfg
 from ldm.checkpoints import CheckpointError, find_latest, load_vae
 from ldm.errors import ConfigError
-from train import train
+from ldm.cli.train import train
 
 TINY = [
     "debug=fast",
@@ -95,7 +95,7 @@ PIXEL_TINY = ["debug=fast", "trainer=cpu", "data.val_size=64", "data.batch_size=
 def test_pixel_space_flow_matching_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
     """The no-VAE baseline with the flow objective: trains on the images, needs no VAE run, records
     its checkpoint, draws its figures; sample.py then uses the sampler it was trained with."""
-    from sample import run as sample
+    from ldm.cli.sample import run as sample
 
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", "objective=flow", "first_stage=pixel", *PIXEL_TINY,
                                             "callbacks.sample_quality=null"])
@@ -311,3 +311,26 @@ def test_tensorboard_logger_writes_events_and_says_how_to_install_it(tmp_path: P
                              f"paths.root_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "pip install -e '.[tensorboard]'" in output and "Traceback" not in output, output[-2000:]
+
+
+def test_help_explains_and_a_closed_pipe_is_quiet() -> None:
+    """--help shows the stages and the common overrides (not the config dump); a reader that left
+    (`| head`) gets no traceback and no bogus error: the real EPIPE of a pipe whose read end is closed."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for script, expected, absent in (("train.py", "The five most used overrides", "min_lr_ratio"),
+                                     ("sample.py", "guidance=W", "model.unet"),
+                                     ("evaluate.py", "classifier_ckpt=P", "model.unet")):
+        text = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                              timeout=120, check=True).stdout
+        assert expected in text and absent not in text and len(text.splitlines()) < 45, text
+    read, write = os.pipe()
+    os.close(read)
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], stdout=write, stderr=subprocess.PIPE,
+                            text=True, timeout=120)
+    os.close(write)
+    assert result.returncode == 141 and result.stderr == "", result.stderr[-2000:]

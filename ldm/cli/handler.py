@@ -165,6 +165,9 @@ def main(hydra_main: Callable[[], Any]) -> None:
     except _Signal as stop:
         log.error("Stopped by %s before the run started; nothing was written", stop)
         sys.exit(128 + stop.signum)
+    except BrokenPipeError:  # `ldm-train --help | head`: the reader left; say nothing, like any CLI tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     except Exception as error:
         found = user_error(error) if _task_started else (_startup_error(error) or user_error(error))
         if found is None:

@@ -14,8 +14,8 @@ from ldm.compat import require
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
-def relaunch_ranks_from(config_file: Path, script: Path) -> None:
-    """Start the extra ranks of this job from its resolved config, as a single run of `script`.
+def relaunch_ranks_from(config_file: Path) -> None:
+    """Start the extra ranks of this job from its resolved config, as a single `python -m ldm.cli.train` run.
 
     Lightning starts DDP ranks 1..N-1 by re-running `sys.argv` (plus `hydra.run.dir`); inside a
     multirun that is `-m ...` again, so every rank would start the whole sweep of its own: the
@@ -27,7 +27,7 @@ def relaunch_ranks_from(config_file: Path, script: Path) -> None:
 
     def command(local_rank: int) -> tuple[list[str], str]:
         return [
-            sys.executable, str(script.resolve()), "-cp", str(config_file.parent), "-cn", config_file.name,
+            sys.executable, "-m", "ldm.cli.train", "-cp", str(config_file.parent), "-cn", config_file.name,
             f'hydra.run.dir="{config_file.parent}"', f"hydra.job.name=train_ddp_process_{local_rank}",
             "hydra.output_subdir=null",
         ], get_original_cwd()
