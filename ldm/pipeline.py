@@ -2,6 +2,7 @@
 
     pipeline = model.pipeline()                       # the EMA denoiser of a LatentDiffusionModule
     images = pipeline.sample(64, sampler=HeunSampler(10), labels=torch.arange(64) % 10, guidance=2.0)
+    images = pipeline.sample(16, sampler="ddim", steps=20, eta=0.0, seed=0)   # by name (SAMPLERS)
 
 Noise -> `objective.sample` (its own sampler family) -> normalised latents z_n -> z = denormalize(z_n)
 -> `first_stage.decode(z)` -> images in [0, 1]. It needs no Lightning and no trainer; the figures
@@ -15,9 +16,36 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ldm.diffusion.flow import EulerSampler, FlowAncestralSampler, HeunSampler
 from ldm.diffusion.guidance import ClassConditioning, check_guidance, guide
 from ldm.diffusion.objectives import Objective
+from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2M
 from ldm.models.first_stage import FirstStage
+
+
+# The names of conf/sampler/*.yaml; each class's defaults are that file's values.
+SAMPLERS: dict[str, type] = {"ddim": DDIMSampler, "ddpm": DDPMSampler, "dpmpp": DPMSolverPP2M,
+                             "euler": EulerSampler, "heun": HeunSampler, "flow_ancestral": FlowAncestralSampler}
+
+
+def make_sampler(sampler: Any, steps: int | None = None, eta: float | None = None) -> Any:
+    """`sampler` (a name in SAMPLERS, an object, or None), with `steps` / `eta` replaced if given.
+    An object is rebuilt from its `config`, never changed in place."""
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r} is not one of {sorted(SAMPLERS)}")
+        sampler = SAMPLERS[sampler]()
+    wanted = {key: value for key, value in (("num_steps", steps), ("eta", eta)) if value is not None}
+    if not wanted:
+        return sampler
+    config = getattr(sampler, "config", None)
+    if not isinstance(config, dict):
+        raise ValueError("steps= / eta= need a sampler (a name or an object with a `config`); got None")
+    for key in wanted:
+        if key not in config:
+            raise ValueError(f"{'steps' if key == 'num_steps' else key}= does not apply to {type(sampler).__name__} "
+                             f"(it has no {key})")
+    return type(sampler)(**{**config, **wanted})
 
 
 class DiffusionPipeline:
@@ -95,9 +123,20 @@ class DiffusionPipeline:
     @torch.no_grad()
     def sample(
         self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
-        labels: Tensor | None = None, guidance: float | None = None,
+        labels: Tensor | None = None, guidance: float | None = None, *, steps: int | None = None,
+        eta: float | None = None, seed: int | None = None,
     ) -> Tensor:
-        """Decoded samples (N, C, H, W) in [0, 1] (of the given classes, for a conditional model)."""
+        """Decoded samples (N, C, H, W) in [0, 1]: of the given classes for a conditional model
+        (labels=None: its unconditional model; `default_labels(n)`: 0..9 in turn).
+
+        `sampler`: an object or a name in SAMPLERS (default: the model's own); `steps` / `eta`
+        replace its number of steps / its eta; `seed` draws from a fresh generator seeded with it.
+        """
+        sampler = make_sampler(self.sampler if sampler is None else sampler, steps, eta)
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("give seed= or generator=, not both")
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         return self.decode(self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance))
 
     def default_labels(self, num_samples: int) -> Tensor | None:

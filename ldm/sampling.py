@@ -29,9 +29,9 @@ from ldm.guard import NonFiniteError
 from ldm.figures import trajectory
 from ldm.grids import grid_image, labelled_grid, save_png
 from ldm.io import atomic_write_json
+from ldm.pipeline import make_sampler
 from ldm.prompts import parse_digits
 from ldm.samples import Parts, to_uint8
-from ldm.serialize import SpecError, build, spec
 from ldm.systems.latent_diffusion import LatentDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -109,18 +109,10 @@ def config_hints() -> dict[str, Any]:
 
 
 def with_overrides(sampler: Any, steps: int | None, eta: float | None) -> Any:
-    """`sampler` rebuilt with sample.py's `steps=` / `eta=` shortcuts (through its spec, `ldm.serialize`)."""
-    wanted = {key: value for key, value in (("num_steps", steps), ("eta", eta)) if value is not None}
-    if not wanted:
-        return sampler
-    node = spec(sampler)
-    for key in wanted:
-        if key not in node["kwargs"]:
-            shortcut = "steps" if key == "num_steps" else key
-            raise ConfigError(f"{shortcut}= does not apply to {type(sampler).__name__} (it has no {key})")
+    """`sampler` rebuilt with sample.py's `steps=` / `eta=` shortcuts (`ldm.pipeline.make_sampler`)."""
     try:
-        return build({**node, "kwargs": {**node["kwargs"], **wanted}})
-    except SpecError as e:
+        return make_sampler(sampler, steps, eta)
+    except (ValueError, TypeError) as e:
         raise ConfigError(f"steps= / eta=: {e}") from None
 
 
