@@ -26,9 +26,14 @@ TINY = [
 ]
 
 
-def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path) -> None:
+def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "logger=csv", *TINY])
-    metrics = train(cfg)
+    with caplog.at_level("INFO", logger="train"):
+        metrics = train(cfg)
+    summary = caplog.text[caplog.text.index("Run finished:"):]
+    for line in (f"run folder       {tmp_path / 'run'}", "best checkpoint  ", "last checkpoint  ", "images  ",
+                 f"metrics          {tmp_path / 'run' / 'csv' / 'metrics.csv'}"):
+        assert line in summary, summary
     for key in ("val/loss", "val/psnr", "val/ssim", "val/kl", "train/loss_epoch", "test/loss", "test/psnr", "train/samples_per_sec"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     run = tmp_path / "run"
@@ -48,14 +53,17 @@ def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path) -> None:
     assert load_vae(ckpt).latent_shape == (4, 7, 7)
 
 
-def test_train_vae_with_wandb_offline(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_vae_with_wandb_offline(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.delenv("WANDB_MODE")  # no API key here: the logger must choose offline by itself
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "logger=wandb", *TINY, "tags=[test]"])
-    metrics = train(cfg)
+    with caplog.at_level("INFO", logger="train"):
+        metrics = train(cfg)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "expected one offline W&B run directory"
+    assert f"upload: wandb sync {runs[0]}" in caplog.text
     # wandb >= 0.2x keeps history, summary and config offline only in its binary run log
     # (protobuf records: keys and JSON values are stored as plain strings).
     # The run log is written by wandb's own service process, which can still be flushing it when
@@ -292,7 +300,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert result.returncode == 1 and message in output and "Traceback" not in output, output[-2000:]
 
 
-def test_tensorboard_logger_writes_events_and_says_how_to_install_it(tmp_path: Path, mnist_dir: Path) -> None:
+def test_tensorboard_logger_writes_events_and_says_how_to_install_it(tmp_path: Path, mnist_dir: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """With tensorboard: event files in <run>/tensorboard. Without it (a fresh base install), one line
     naming the extra. The package cannot be uninstalled for one test, so the second run blocks its
     import the way Python does for a missing module (sys.modules entry None -> ImportError)."""
@@ -301,9 +310,11 @@ def test_tensorboard_logger_writes_events_and_says_how_to_install_it(tmp_path: P
     import sys
 
     pytest.importorskip("tensorboard")
-    train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1", "logger=tensorboard",
-                                            "callbacks.images=null"]))
+    with caplog.at_level("INFO", logger="train"):
+        train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1", "logger=tensorboard",
+                                                "callbacks.images=null"]))
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in caplog.text
     script = ("import runpy, sys; sys.modules['tensorboard'] = None; sys.argv = ['train.py', *sys.argv[1:]]; "
               f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
     env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir)}

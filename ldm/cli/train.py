@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import hydra
@@ -26,14 +25,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ldm.checkpoints import CheckpointError, record_latest
 from ldm.cli import CONF_DIR, handler, multirun, resolvers
+from ldm.cli.summary import run_summary
 from ldm.cli.runs import check_run, lock_run, record_config, reported, use_checkpoint
+from ldm.cli.quiet import quiet
 from ldm.cli.typecheck import check_config
 from ldm.errors import ConfigError
 from ldm.loggers import finish_wandb
 
 log = logging.getLogger("train")
-# The LDM's frozen VAE and EMA copy are in eval mode on purpose; Lightning warns about any such module.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+quiet()
 resolvers.register()
 
 
@@ -124,6 +124,9 @@ def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -
         if cfg.train and ckpt and trainer.is_global_zero:
             record_latest(cfg.paths.registry_dir, cfg.task_name, ckpt, run_dir=str(output_dir), metrics=metrics)
             log.info("Best %s checkpoint: %s (recorded in %s)", cfg.task_name, ckpt, cfg.paths.registry_dir)
+        if trainer.is_global_zero:  # before the W&B run is closed: it names its folder
+            log.info(run_summary(output_dir, ckpt if cfg.train else None, str(output_dir / "checkpoints" / "last.ckpt"),
+                                 loggers, metrics))
         exit_code = 0
     finally:
         finish_wandb(loggers, exit_code)

@@ -74,6 +74,11 @@ class ClassifierModule(L.LightningModule):
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=classifier.num_classes, average="micro"))
 
+    @property
+    def example_input_array(self) -> Tensor:  # one input, so that the model summary counts real FLOPs
+        c = self.classifier.config
+        return torch.zeros(1, c["in_channels"], c["image_size"], c["image_size"])
+
     def forward(self, x: Tensor) -> Tensor:
         """Class logits (B, num_classes) of images in [0, 1] (B, C, H, W)."""
         return self.classifier(x)

@@ -100,6 +100,8 @@ class LatentDiffusionModule(L.LightningModule):
         self.ema = EMA(unet, ema_decay)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.compiled = Compiled(compile)
+        # One (x_t, time) input, so that the model summary counts real FLOPs.
+        self.example_input_array = (torch.zeros(1, *first_stage.latent_shape), torch.zeros(1))
 
     def setup(self, stage: str) -> None:
         # The data module has fitted the scale by now (its setup runs first); a resumed checkpoint holds the same.

@@ -80,6 +80,8 @@ class VAEModule(L.LightningModule):
         vae = built(vae, AutoencoderKL)
         self.hparams["vae"] = spec(vae)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.vae = vae
+        size = vae.config["image_size"]  # one input, so that the model summary counts real FLOPs
+        self.example_input_array = torch.zeros(1, vae.config["in_channels"], size, size)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.recon_fn = RECON_LOSSES[recon_loss]
         self.compiled = Compiled(compile)  # training calls torch.compile(vae) if asked
