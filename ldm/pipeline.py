@@ -97,6 +97,7 @@ class DiffusionPipeline:
     def sample_latents(
         self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
         labels: Tensor | None = None, guidance: float | None = None, return_trajectory: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Normalised latents (N, *latent_shape) (and the x_t trajectory).
 
@@ -113,7 +114,8 @@ class DiffusionPipeline:
             labels = labels.long()
         shape = (num_samples, *self.first_stage.latent_shape)
         return self.objective.sample(self.guided_network(labels, guidance), sampler or self.sampler, shape,
-                                     generator=generator, device=self.device, return_trajectory=return_trajectory)
+                                     generator=generator, device=self.device, return_trajectory=return_trajectory,
+                                     on_step=on_step)
 
     @torch.no_grad()
     def decode(self, z_n: Tensor) -> Tensor:
@@ -124,20 +126,22 @@ class DiffusionPipeline:
     def sample(
         self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
         labels: Tensor | None = None, guidance: float | None = None, *, steps: int | None = None,
-        eta: float | None = None, seed: int | None = None,
+        eta: float | None = None, seed: int | None = None, on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Decoded samples (N, C, H, W) in [0, 1]: of the given classes for a conditional model
         (labels=None: its unconditional model; `default_labels(n)`: 0..9 in turn).
 
         `sampler`: an object or a name in SAMPLERS (default: the model's own); `steps` / `eta`
-        replace its number of steps / its eta; `seed` draws from a fresh generator seeded with it.
+        replace its number of steps / its eta; `seed` draws from a fresh generator seeded with it;
+        `on_step(i, n)` is called after each of the sampler's n steps (e.g. a progress bar).
         """
         sampler = make_sampler(self.sampler if sampler is None else sampler, steps, eta)
         if seed is not None:
             if generator is not None:
                 raise ValueError("give seed= or generator=, not both")
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.decode(self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance))
+        return self.decode(self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance,
+                                               on_step=on_step))
 
     def default_labels(self, num_samples: int) -> Tensor | None:
         """Classes 0, 1, ..., K-1, 0, ... for a conditional model (balanced grids), else None."""

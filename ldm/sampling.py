@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, get_type_hints
 
 from filelock import FileLock, Timeout
 import torch
-from rich.progress import track
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from ldm.checkpoints import CheckpointError, checkpoint_kind, load_vae
@@ -53,6 +53,12 @@ def pick_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device={name}: use auto, cpu, cuda or cuda:N")
     return device
+
+
+def progress_bar() -> Progress:
+    """A rich bar counting sampler steps (all batches), with elapsed and remaining time."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False)
 
 
 @dataclass(frozen=True)
@@ -118,9 +124,9 @@ def with_overrides(sampler: Any, steps: int | None, eta: float | None) -> Any:
 
 @dataclass
 class Source:
-    """(n, generator, labels) -> n images in [0, 1]; its name; the LDM, if it is one."""
+    """(n, generator, labels, on_step) -> n images in [0, 1]; its name; the LDM, if it is one."""
 
-    generate: Callable[[int, torch.Generator, Tensor | None], Tensor]
+    generate: Callable[[int, torch.Generator, Tensor | None, Callable[[int, int], None]], Tensor]
     name: str
     model: LatentDiffusionModule | None = None
 
@@ -143,7 +149,8 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
                               "do not apply (they are for LDM checkpoints)")
         vae = load_vae(ckpt).to(device)
         shape = vae.latent_shape
-        return Source(lambda n, g, y: vae.decode(torch.randn((n, *shape), generator=g, device=device)), "vae prior")
+        return Source(lambda n, g, y, on_step: vae.decode(torch.randn((n, *shape), generator=g, device=device)),
+                      "vae prior")
     if kind != "ldm":
         raise CheckpointError(f"{ckpt} is a {kind} checkpoint; sample.py needs an ldm or vae checkpoint")
     model = LatentDiffusionModule.from_checkpoint(ckpt, compile=request.compile).to(device)
@@ -155,7 +162,8 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
     model.sampler = sampler
     guidance = request.guidance
     name = repr(model.sampler) + (f", guidance {guidance}" if guidance is not None else "")
-    return Source(lambda n, g, y: model.sample(n, generator=g, labels=y, guidance=guidance), name, model)
+    return Source(lambda n, g, y, on_step: model.sample(n, generator=g, labels=y, guidance=guidance, on_step=on_step),
+                  name, model)
 
 
 def given_labels(request: Request, num_classes: int | None) -> list[int] | None:
@@ -232,16 +240,29 @@ def _draw(request: Request, ckpt: str | Path, sampler: Any) -> Path:
         generator.set_state(parts.generator_state(done - 1))
         log.info("Continuing: %d of %d batches were already drawn into %s", done, len(sizes), parts.folder)
     start = time.perf_counter()
+    bar = progress_bar()
+    task = bar.add_task(f"sampling {num_samples}", total=None)
+
+    def on_step(i: int, n: int) -> None:  # host side only: the bar moves with each sampler step of each batch
+        if bar.tasks[0].total is None:
+            bar.update(task, total=n * (len(sizes) - done))
+        bar.advance(task)
+
     try:
-        for index in track(range(done, len(sizes)), description=f"sampling ({source.name})"):
-            y = batch_labels(given, source.num_classes, index * batch_size, sizes[index])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and request.bf16):
-                images = source.generate(sizes[index], generator, None if y is None else y.to(device))
-            if not torch.isfinite(images).all():  # one check per batch: NaN would be written as black digits
-                raise NonFiniteError(
-                    f"Batch {index} of the samples is NaN/Inf ({source.name}): the checkpoint's weights are broken, "
-                    "or guidance= is far too large; nothing of this batch was written")
-            parts.write(index, to_uint8(images.float()), None if y is None else y.numpy(), generator.get_state())
+        with bar:
+            for index in range(done, len(sizes)):
+                y = batch_labels(given, source.num_classes, index * batch_size, sizes[index])
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and request.bf16):
+                    images = source.generate(sizes[index], generator, None if y is None else y.to(device), on_step)
+                if not torch.isfinite(images).all():  # one check per batch: NaN would be written as black digits
+                    raise NonFiniteError(
+                        f"Batch {index} of the samples is NaN/Inf ({source.name}): the checkpoint's weights are broken, "
+                        "or guidance= is far too large; nothing of this batch was written")
+                parts.write(index, to_uint8(images.float()), None if y is None else y.numpy(), generator.get_state())
+                if bar.tasks[0].total is None:  # a VAE prior: one decoder pass per batch, counted as one step
+                    bar.update(task, total=len(sizes) - done)
+                if source.model is None:
+                    bar.advance(task)
     except BaseException as stop:
         if not isinstance(stop, Exception):  # a stop signal or Ctrl-C: what is kept, and how to go on
             kept = len(list(parts.folder.glob("part-*.npz")))

@@ -37,8 +37,10 @@ def test_the_readme_python_example_runs(tmp_path: Path, mnist_dir: Path, monkeyp
     assert images.shape == (16, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert (tmp_path / "grid.png").is_file() and list((tmp_path / "logs" / "debug" / "ldm" / "runs").glob("*"))
     assert "val/loss" in scope["metrics"]
-    again = scope["pipe"].sample(16, sampler="ddim", steps=20, seed=0)
+    calls = []
+    again = scope["pipe"].sample(16, sampler="ddim", steps=20, seed=0, on_step=lambda i, n: calls.append((i, n)))
     assert torch.equal(images, again)  # seed= is the whole randomness
+    assert calls == [(i, 20) for i in range(20)]
 
 
 def test_load_names_what_it_takes(tmp_path: Path) -> None:

@@ -42,12 +42,15 @@ def _base(tmp_path: Path, mnist_dir: Path) -> list[str]:
             f"cache_dir={tmp_path / 'cache'}", "device=cpu"]
 
 
-def test_evaluate_saved_samples_with_labels(tmp_path: Path, mnist_dir: Path) -> None:
+def test_evaluate_saved_samples_with_labels(tmp_path: Path, mnist_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     from ldm.cli.evaluate import evaluate
 
     images, labels = fake_digits(50, seed=3)
     np.savez(tmp_path / "samples.npz", images=images, labels=labels.astype(np.int64))
-    result = evaluate(_compose([f"samples={tmp_path / 'samples.npz'}", *_base(tmp_path, mnist_dir)]))
+    with caplog.at_level("INFO", logger="evaluate"):
+        result = evaluate(_compose([f"samples={tmp_path / 'samples.npz'}", *_base(tmp_path, mnist_dir)]))
+    for step in ("features of the 64 real test digits", "scoring 50 samples: ", "the floor: 50 real train digits"):
+        assert step in caplog.text  # each step of the scoring says when it starts and how long it took
     assert set(result["metrics"]) == KEYS | {"cond_acc"} and set(result["floor"]) == KEYS
     assert result["num_samples"] == 50
     written = (tmp_path / "metrics.json").read_text()

@@ -47,13 +47,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"vae": vae, "ldm": root / "ldm.ckpt", "root": root}
 
 
-@pytest.mark.parametrize("kind, extra", [("ldm", ["sampler=ddim", "steps=5"]), ("ldm", ["sampler=dpmpp", "steps=4"]), ("vae", [])])
-def test_sample_writes_grid_and_npz(checkpoints, tmp_path: Path, kind: str, extra: list[str]) -> None:
+@pytest.mark.parametrize("kind, extra, steps", [("ldm", ["sampler=ddim", "steps=5"], "15/15"),
+                                               ("ldm", ["sampler=dpmpp", "steps=4"], "12/12"), ("vae", [], "3/3")])
+def test_sample_writes_grid_and_npz(checkpoints, tmp_path: Path, kind: str, extra: list[str], steps: str,
+                                    capsys: pytest.CaptureFixture) -> None:
     from ldm.cli.sample import run
 
     out = tmp_path / "out"
     cfg = _compose([f"ckpt={checkpoints[kind]}", "num_samples=7", "batch_size=3", f"out={out}", "device=cpu", *extra])
     path = run(cfg)
+    assert steps in capsys.readouterr().out  # the bar counts sampler steps over all 3 batches (one per batch: VAE)
     assert (out / "grid.png").is_file() and path == out / "samples.npz"
     assert json.loads((out / "sampling.json").read_text())["num_samples"] == 7
     data = np.load(path)

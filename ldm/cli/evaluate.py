@@ -12,10 +12,12 @@ uint8 images, one integer label per image in the classifier's classes), and so i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 import torch
@@ -73,6 +75,15 @@ def classifier_from(values: dict[str, Any]) -> tuple[Path, MNISTClassifier]:
     return path, load_classifier(path)
 
 
+@contextlib.contextmanager
+def phase(what: str) -> Iterator[None]:
+    """One line when a step of the scoring starts and one with its time when it ends."""
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    log.info("%s: %.1f s", what, time.perf_counter() - start)
+
+
 def real_images(cfg: DictConfig) -> dict[str, torch.Tensor]:
     source = hydra.utils.instantiate(cfg.data)  # an image source (ldm.data.source)
     return {split: all_images(source, split) for split in ("train", "test")}
@@ -95,16 +106,19 @@ def evaluate(cfg: DictConfig) -> dict:
     counts = {"samples": len(images), "real test images": len(real["test"])}
     check_k(values["k"], **counts, **({"real train images": len(real["train"])} if values["floor"] else {}))
     extractor = ClassifierFeatures(classifier).to(device)
-    reference = cached_reference_features(real["test"], extractor, values["cache_dir"])
+    with phase(f"features of the {len(real['test'])} real test digits (cached after the first run)"):
+        reference = cached_reference_features(real["test"], extractor, values["cache_dir"])
     k, seed = values["k"], values["seed"]
-    result = {
-        "samples": str(samples), "num_samples": len(images), "classifier": str(classifier_ckpt),
-        "reference": f"{len(reference)} test images",
-        "metrics": sample_metrics(images, reference, extractor, labels=labels, k=k, seed=seed),
-    }
+    with phase(f"scoring {len(images)} samples"):
+        result = {
+            "samples": str(samples), "num_samples": len(images), "classifier": str(classifier_ckpt),
+            "reference": f"{len(reference)} test images",
+            "metrics": sample_metrics(images, reference, extractor, labels=labels, k=k, seed=seed),
+        }
     result.update(_sampling_record(samples.parent / "sampling.json"))
     if values["floor"]:
-        result["floor"] = real_floor(real["train"], reference, extractor, num_samples=len(images), k=k, seed=seed)
+        with phase(f"the floor: {len(images)} real train digits scored the same way"):
+            result["floor"] = real_floor(real["train"], reference, extractor, num_samples=len(images), k=k, seed=seed)
     _print(result)  # first: a JSON file that cannot be written must not take the numbers with it
     path = Path(values["json"]) if values["json"] else samples.parent / "metrics.json"
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"

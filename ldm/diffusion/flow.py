@@ -25,7 +25,7 @@ form): eta = 0 is Euler, eta = 1 the full posterior.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -181,6 +181,7 @@ class FlowMatching(Objective):
     def sample(
         self, network: Network, sampler: FlowSampler, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
         device: torch.device | None = None, return_trajectory: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         self.check_sampler(sampler)
         device = torch.device(device) if device is not None else torch.device("cpu")
@@ -191,8 +192,10 @@ class FlowMatching(Objective):
 
         times, trajectory = sampler.times(), [x]
         with torch.no_grad():
-            for t, s in zip(times[:-1], times[1:]):
+            for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
                 x = sampler.step(velocity, x, t, s, generator)
                 if return_trajectory:
                     trajectory.append(x)
+                if on_step is not None:
+                    on_step(i, len(times) - 1)
         return (x, trajectory) if return_trajectory else x

@@ -70,8 +70,10 @@ class Objective(torch.nn.Module, ABC):
     def sample(
         self, network: Network, sampler: Any, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
         device: torch.device | None = None, return_trajectory: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Run `sampler` from pure noise to clean data through `network` (and the x_t trajectory)."""
+        """Run `sampler` from pure noise to clean data through `network` (and the x_t trajectory);
+        `on_step(i, n)` after each of its n steps."""
 
     def check_sampler(self, sampler: Any) -> None:
         """Refuse a sampler of another family before any network call."""
@@ -145,8 +147,9 @@ class DiffusionObjective(Objective):
     def sample(
         self, network: Network, sampler: Sampler, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
         device: torch.device | None = None, return_trajectory: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         self.check_sampler(sampler)
         denoiser = denoiser_from(network, self.parameterization, self.schedule)
         return sample(denoiser, self.schedule, sampler, shape, generator=generator, device=device,
-                      return_trajectory=return_trajectory)
+                      return_trajectory=return_trajectory, on_step=on_step)

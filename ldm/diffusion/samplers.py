@@ -269,13 +269,15 @@ def sample(
     return_trajectory: bool = False,
     progress: bool = False,
     clip: float | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Run ``sampler`` from x_T ~ N(0, I) (or the given ``x_T``) down to clean data.
 
     ``device`` defaults to the schedule's device. ``clip`` (off by default: latents
     have no fixed range) clamps x0_hat to [-clip, clip] and recomputes eps_hat so
     the pair stays consistent with x_t. With ``return_trajectory`` also returns
-    [x_T, x_{t_1}, ..., x0] (num_steps + 1 tensors).
+    [x_T, x_{t_1}, ..., x0] (num_steps + 1 tensors). ``on_step(i, n)`` is called after each of
+    the n steps (host side only: no device sync).
     """
     device = torch.device(device) if device is not None else schedule.alpha.device
     x = _randn(shape, generator, device, torch.float32) if x_T is None else x_T.to(device)
@@ -293,6 +295,8 @@ def sample(
         x, state = sampler.step(schedule, x, x0_hat, eps_hat, t, s, state=state, generator=generator)
         if return_trajectory:
             trajectory.append(x)
+        if on_step is not None:
+            on_step(i, len(steps))
         if progress and (i + 1) % max(1, len(steps) // 10) == 0:
             logger.info("%s: step %d/%d (t=%d)", type(sampler).__name__, i + 1, len(steps), t)
     return (x, trajectory) if return_trajectory else x

@@ -256,10 +256,10 @@ class LatentDiffusionModule(L.LightningModule):
     @torch.no_grad()
     def sample(
         self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
-        labels: Tensor | None = None, guidance: float | None = None,
+        labels: Tensor | None = None, guidance: float | None = None, on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Decoded samples (N, C, H, W) in [0, 1] from the EMA denoiser (see `DiffusionPipeline.sample`)."""
-        return self.pipeline().sample(num_samples, sampler, generator, labels=labels, guidance=guidance)
+        return self.pipeline().sample(num_samples, sampler, generator, labels=labels, guidance=guidance, on_step=on_step)
 
     def default_labels(self, num_samples: int) -> Tensor | None:
         """Classes 0, 1, ..., 9, 0, ... for a conditional model (balanced grids), else None."""
