@@ -61,12 +61,24 @@ class ImageLogger(L.Callback):
         self._batch = None
         save_dir = self.save_dir or Path(trainer.default_root_dir) / "images"
         save_dir.mkdir(parents=True, exist_ok=True)
+        drawn = {}
         for name, images in grids.items():
             images, nrow = images if isinstance(images, tuple) else (images, math.ceil(math.sqrt(len(images))))
-            grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
+            drawn[name] = grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
             save_image(grid, save_dir / f"{name}_epoch{trainer.current_epoch:03d}.png")
             for logger in trainer.loggers:
                 _log_grid(logger, f"images/{name}", grid, trainer.global_step)
+        for logger in trainer.loggers:  # W&B: one table row per validation, every figure side by side
+            if isinstance(logger, WandbLogger):
+                logger.log_table(key="images/table", columns=["epoch", *drawn],
+                                 data=[[trainer.current_epoch, *(_wandb_image(g) for g in drawn.values())]],
+                                 step=trainer.global_step)
+
+
+def _wandb_image(grid: torch.Tensor) -> Any:
+    import wandb
+
+    return wandb.Image(grid.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy())
 
 
 def _log_grid(logger: object, key: str, grid: torch.Tensor, step: int) -> None:

@@ -89,6 +89,18 @@ def wandb_logger(
     )
 
 
+BEST_IS_LOWEST = ("val/fid", "val/kid", "val/loss")
+
+
+def summarize_best(loggers: Sequence[object]) -> None:
+    """W&B run summaries hold the best (lowest) val/fid, val/kid and val/loss, not the last: a
+    sweep's runs then compare by their best FID in one table."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for key in BEST_IS_LOWEST:
+                logger.experiment.define_metric(key, summary="min")
+
+
 def tensorboard_logger(save_dir: str | Path, name: str = "tensorboard", version: str = "", **kwargs: Any
                        ) -> pl_loggers.TensorBoardLogger:
     """Lightning's TensorBoardLogger, or a one-line error saying how to install what it needs."""

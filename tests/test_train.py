@@ -79,6 +79,7 @@ def test_train_vae_with_wandb_offline(tmp_path: Path, mnist_dir: Path, monkeypat
     for key in keys:
         assert key in log, key
     assert any((runs[0] / "files" / "media" / "images").rglob("prior_samples_*.png"))
+    assert any((runs[0] / "files" / "media" / "table").rglob("*.table.json"))  # the per-validation image table
     assert "val/loss" in metrics
 
 
@@ -345,3 +346,14 @@ def test_help_explains_and_a_closed_pipe_is_quiet() -> None:
                             text=True, timeout=120)
     os.close(write)
     assert result.returncode == 141 and result.stderr == "", result.stderr[-2000:]
+
+
+def test_wandb_summaries_keep_the_best_fid_not_the_last(tmp_path: Path) -> None:
+    from ldm.loggers import summarize_best, wandb_logger
+
+    logger = wandb_logger(save_dir=tmp_path, offline=True)
+    summarize_best([logger])
+    for fid in (9.0, 4.0, 6.0):
+        logger.experiment.log({"val/fid": fid})
+    assert dict(logger.experiment.summary["val/fid"]) == {"min": 4}
+    logger.experiment.finish()

@@ -30,7 +30,7 @@ from ldm.cli.runs import check_run, lock_run, record_config, reported, use_check
 from ldm.cli.quiet import quiet
 from ldm.cli.typecheck import check_config
 from ldm.errors import ConfigError
-from ldm.loggers import finish_wandb
+from ldm.loggers import finish_wandb, summarize_best
 
 log = logging.getLogger("train")
 quiet()
@@ -108,6 +108,7 @@ def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -
     model.configure_optimizers()  # a bad optimizer or LR-schedule value fails now, not after the data is prepared
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    summarize_best(loggers)
 
     exit_code = 1
     try:
