@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
@@ -139,7 +140,19 @@ def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     metrics = handler.run_task(train, cfg, log)
-    return None if metrics is None else metrics.get(cfg.get("optimized_metric"))
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+def optimized_value(metrics: dict[str, float] | None, key: str | None) -> float:
+    """What a sweeper (Optuna) optimises: `metrics[key]`; NaN for a failed job or a missing metric,
+    which Optuna records as a failed trial while the study goes on."""
+    if metrics is not None and key in metrics:
+        return metrics[key]
+    if metrics is not None and "BasicSweeper" not in HydraConfig.get().sweeper._target_:
+        log.error("optimized_metric=%s was not logged by this run (it has %s): for val/fid the run needs a classifier "
+                  "(python train.py model=classifier) and callbacks.sample_quality.every_n_epochs dividing "
+                  "trainer.max_epochs; this trial counts as failed", key, sorted(metrics))
+    return float("nan")
 
 
 def main() -> None:
