@@ -127,6 +127,50 @@ class ThroughputLogger(L.Callback):
         log.info("epoch %d: %.0f samples/s, %.1f s", trainer.current_epoch, rate, seconds)
 
 
+class CpuEstimate(L.Callback):
+    """Without a GPU, say early how long this run will take, measured from its own first steps.
+
+    The clock starts after `skip_steps` (data workers, first allocations) and reads `measure_steps`
+    later: one log line with steps/s, the remaining optimizer steps and their time, and `hint`.
+    """
+
+    def __init__(self, skip_steps: int = 5, measure_steps: int = 20,
+                 hint: str = "For a CPU run of minutes: bash experiments/pipeline.sh tiny") -> None:
+        if skip_steps < 0 or measure_steps < 1:
+            raise ValueError(f"skip_steps={skip_steps} must be >= 0 and measure_steps={measure_steps} >= 1")
+        self.skip_steps, self.measure_steps, self.hint = skip_steps, measure_steps, hint
+        self._start: tuple[int, float] | None = None
+        self.estimate: float | None = None  # seconds for the remaining steps, once measured
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.estimate is not None or pl_module.device.type != "cpu":
+            return
+        step = trainer.global_step
+        if self._start is None:
+            if step >= self.skip_steps:
+                self._start = (step, time.perf_counter())
+            return
+        first, start = self._start
+        if step - first < self.measure_steps:
+            return
+        rate = (step - first) / (time.perf_counter() - start)
+        total = trainer.estimated_stepping_batches
+        remaining = max(0, total - step) if math.isfinite(total) else None
+        if remaining is None:
+            log.info("No GPU: %.2f training steps/s on the CPU. %s", rate, self.hint)
+            self.estimate = math.inf
+            return
+        self.estimate = remaining / rate
+        log.info("No GPU: %.2f training steps/s on the CPU; the remaining %d of %d steps take about %s, validation "
+                 "not included. %s", rate, remaining, total, _duration(self.estimate), self.hint)
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
 class ProgressBar(RichProgressBar):
     """Rich progress bar that reads the training numbers off the device every n steps only.
 
