@@ -33,9 +33,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 # As a script, Python puts experiments/ first on sys.path, where tabulate.py would shadow the
 # `tabulate` package that torch._dynamo imports; the repository root takes its place, so `ldm`

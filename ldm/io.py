@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -102,7 +103,7 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
-def update_hash(digest: "hashlib._Hash", tensors: dict[str, torch.Tensor]) -> "hashlib._Hash":
+def update_hash(digest: hashlib._Hash, tensors: dict[str, torch.Tensor]) -> hashlib._Hash:
     """Feed named tensors (names, dtypes, shapes and bytes, in name order) into a hash; returns it.
 
     Cache keys hash contents, not file names, so a retrained network or a changed dataset can

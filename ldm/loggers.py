@@ -16,8 +16,9 @@ import logging
 import netrc
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import lightning.pytorch.loggers as pl_loggers

@@ -11,7 +11,8 @@ Noise -> `objective.sample` (its own sampler family) -> normalised latents z_n -
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,7 +22,6 @@ from ldm.diffusion.guidance import ClassConditioning, check_guidance, guide
 from ldm.diffusion.objectives import Objective
 from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2M
 from ldm.models.first_stage import FirstStage
-
 
 # The names of conf/sampler/*.yaml; each class's defaults are that file's values.
 SAMPLERS: dict[str, type] = {"ddim": DDIMSampler, "ddpm": DDPMSampler, "dpmpp": DPMSolverPP2M,

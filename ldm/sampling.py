@@ -14,20 +14,21 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, get_type_hints
+from typing import Any, get_type_hints
 
-from filelock import FileLock, Timeout
 import torch
+from filelock import FileLock, Timeout
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from ldm.checkpoints import CheckpointError, checkpoint_kind, load_vae
 from ldm.errors import ConfigError
-from ldm.guard import NonFiniteError
 from ldm.figures import trajectory
 from ldm.grids import grid_image, labelled_grid, save_png
+from ldm.guard import NonFiniteError
 from ldm.io import atomic_write_json
 from ldm.pipeline import make_sampler
 from ldm.prompts import parse_digits

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import lightning as L
 import pytest
 import torch
 
-from conftest import compose_cfg, fake_digits
 from ldm.checkpoints import CheckpointError, load_checkpoint, load_classifier
 from ldm.models.classifier import MNISTClassifier
 from ldm.systems.classifier import ClassifierModule, random_shift
+
+from conftest import compose_cfg, fake_digits
 
 SMALL = dict(width=8, feature_dim=32)
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from conftest import N_TEST, N_TRAIN, make_mnist, write_idx
 from ldm.data import mnist as mnist_module
 from ldm.data.idx import IDXError, read_idx
 from ldm.data.mnist import DatasetNotFoundError, MNISTDataModule
+
+from conftest import N_TEST, N_TRAIN, make_mnist, write_idx
 
 
 def _datamodule(root: Path, **kwargs) -> MNISTDataModule:

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, fake_digits, save_vae_checkpoint
 from ldm.checkpoints import CheckpointError
 from ldm.errors import ConfigError
 from ldm.io import WriteError
 from ldm.samples import SamplesError
+
+from conftest import ROOT, fake_digits, save_vae_checkpoint
 from test_classifier import save_classifier_checkpoint
 
 KEYS = {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall"}

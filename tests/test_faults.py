@@ -14,14 +14,15 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from conftest import compose_cfg, save_vae_checkpoint
 from ldm.checkpoints import CheckpointError
+from ldm.cli.handler import user_error
+from ldm.cli.train import train
+from ldm.errors import ConfigError
 from ldm.guard import NonFiniteError, NonFiniteGuard
 from ldm.loggers import wandb_mode
-from ldm.cli.handler import user_error
-from ldm.errors import ConfigError
 from ldm.resume import resolve_resume
-from ldm.cli.train import train
+
+from conftest import compose_cfg, save_vae_checkpoint
 
 VAE_TINY = ["model=vae", "trainer=cpu", "trainer.max_epochs=2", "data.val_size=64", "data.batch_size=32",
             "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false"]

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_cfg
 from ldm.data.idx import find_idx_file
+
+from conftest import compose_cfg
 
 REAL_MD5 = {  # of the decompressed official files (gzip bytes differ between mirrors)
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -51,8 +52,9 @@ def test_real_mnist_files_and_splits() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_bf16_vae_then_ldm(tmp_path: Path, mnist_dir: Path) -> None:
-    from test_train import LDM_TINY, TINY
     from ldm.cli.train import train
+
+    from test_train import LDM_TINY, TINY
 
     gpu = ["trainer=gpu"]  # bf16-mixed
     vae = train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *[o for o in TINY if o != "trainer=cpu"], *gpu], run="vae_run"))

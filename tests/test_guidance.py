@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg, make_ldm, save_vae_checkpoint
 from ldm.diffusion import DDIMSampler, DDPMSampler, DPMSolverPP2M
 from ldm.diffusion.guidance import ClassConditioning, guide
 from ldm.guard import NonFiniteError
 from ldm.models.unet import UNet
 from ldm.prompts import parse_digits
 from ldm.systems.latent_diffusion import LatentDiffusionModule
+
+from conftest import compose_cfg, make_ldm, save_vae_checkpoint
 
 
 def test_prompt_parsing() -> None:
@@ -92,9 +93,9 @@ def test_labels_on_an_unconditional_model_and_bad_shapes(vae_ckpt: Path) -> None
 
 def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:
     import lightning as L
+    from test_sample import _compose
 
     from ldm.cli.sample import run
-    from test_sample import _compose
 
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(_module(vae_ckpt))

@@ -10,15 +10,25 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import save_vae_checkpoint
 from ldm.checkpoints import CheckpointError, load_checkpoint
-from ldm.diffusion import DDIMSampler, DPMSolverPP2M, EpsilonPrediction, MinSNRWeight, NoiseSchedule, VPrediction, cosine, linear
+from ldm.diffusion import (
+    DDIMSampler,
+    DPMSolverPP2M,
+    EpsilonPrediction,
+    MinSNRWeight,
+    NoiseSchedule,
+    VPrediction,
+    cosine,
+    linear,
+)
 from ldm.diffusion.flow import EulerSampler, FlowMatching, HeunSampler
 from ldm.diffusion.objectives import DiffusionObjective
 from ldm.errors import ConfigError
 from ldm.models.first_stage import IdentityFirstStage
 from ldm.models.unet import UNet
 from ldm.systems.latent_diffusion import LatentDiffusionModule
+
+from conftest import save_vae_checkpoint
 
 
 def _objective(parameterization=None, schedule=None, weighting=None) -> DiffusionObjective:

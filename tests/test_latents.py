@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import N_TEST, N_TRAIN, save_vae_checkpoint
 from ldm.data import latents as latents_module
 from ldm.data.latents import CacheError, LatentDataModule
 from ldm.data.mnist import MNISTDataModule
+
+from conftest import N_TEST, N_TRAIN, save_vae_checkpoint
 
 
 def _datamodule(mnist_dir: Path, vae_ckpt: Path, cache_dir: Path, **kwargs) -> LatentDataModule:

@@ -7,8 +7,8 @@ import math
 import struct
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -17,14 +17,24 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from conftest import fake_digits
-from mounts import remount, tmpfs
 from ldm.metrics import (
-    ClassifierFeatures, cached_reference_features, conditional_accuracy, extract, frechet_distance,
-    inception_score, kernel_distance, precision_recall, real_floor, reference_features, sample_metrics,
+    ClassifierFeatures,
+    cached_reference_features,
+    conditional_accuracy,
+    extract,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    precision_recall,
+    real_floor,
+    reference_features,
+    sample_metrics,
     to_float_images,
 )
 from ldm.models.classifier import MNISTClassifier
+
+from conftest import fake_digits
+from mounts import remount, tmpfs
 
 N = 512
 

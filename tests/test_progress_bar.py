@@ -10,8 +10,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-from conftest import compose_cfg
 from ldm.callbacks import ProgressBar
+
+from conftest import compose_cfg
 
 
 def test_metrics_are_read_every_n_steps_while_training(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,8 +42,9 @@ def test_one_hundred_training_steps_read_the_device_rarely(tmp_path: Path, mnist
     """Every `Tensor.item` is a host sync on a GPU. 100 steps of the real training loop with the
     default callbacks and bar may read the device a few times per epoch and every n steps, not after
     every step (with step metrics on the bar, Lightning reads each after every batch: >= 100 reads)."""
-    from test_train import LDM_TINY, TINY
     from ldm.cli.train import train
+
+    from test_train import LDM_TINY, TINY
 
     if stage == "ldm":
         train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1"], run="vae"))

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, save_vae_checkpoint
 from ldm.checkpoints import CheckpointError, find_latest, load_vae, record_latest
 from ldm.cli.handler import user_error
+from ldm.cli.train import train
 from ldm.data.latents import LatentDataModule
 from ldm.data.mnist import MNISTDataModule
 from ldm.io import WriteError
-from ldm.cli.train import train
+
+from conftest import ROOT, compose_cfg, save_vae_checkpoint
 
 VAE_TINY = ["model=vae", "trainer=cpu", "trainer.max_epochs=2", "data.val_size=64", "data.batch_size=32",
             "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false"]

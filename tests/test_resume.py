@@ -94,8 +94,9 @@ def test_flow_matching_in_pixel_space_resumes_exactly(tmp_path: Path, mnist_dir:
 def test_last_checkpoint_is_the_final_state_even_when_the_best_is_older(tmp_path: Path, mnist_dir: Path) -> None:
     """Lightning's own save_last skips epochs without a new best; ours must not (monitor=step, mode=min:
     only epoch 0 is ever 'best')."""
-    from conftest import compose_cfg
     from ldm.cli.train import train
+
+    from conftest import compose_cfg
 
     cfg = compose_cfg(tmp_path, mnist_dir, [
         "model=vae", "trainer=cpu", "trainer.max_epochs=3", "data.val_size=64", "data.batch_size=32",

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, make_ldm, save_vae_checkpoint
-from mounts import remount, tmpfs
 from ldm.checkpoints import CheckpointError, record_latest
 from ldm.errors import ConfigError
 from ldm.io import WriteError
+
+from conftest import ROOT, make_ldm, save_vae_checkpoint
+from mounts import remount, tmpfs
 
 
 def _compose(overrides: list[str]):
@@ -103,9 +104,8 @@ def _cli(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     ("steps=2.5", "steps"), ("eta=-1", "eta"), ("ckpt=missing.ckpt", "ckpt"), ("out=[a]", "out"),
 ])
 def test_bad_values_are_config_errors_naming_the_key(checkpoints, tmp_path: Path, override: str, key: str) -> None:
-    from ldm.cli.sample import run
-
     from ldm.cli.handler import user_error
+    from ldm.cli.sample import run
 
     with pytest.raises(Exception) as error:  # a ConfigError, or Hydra's around a sampler's ValueError
         run(_compose([f"ckpt={checkpoints['ldm']}", f"out={tmp_path}", "device=cpu", override]))
@@ -216,8 +216,9 @@ def test_sampler_options_on_a_vae_checkpoint_are_refused(checkpoints, tmp_path: 
 def test_a_second_sampler_on_the_same_out_folder_is_refused(checkpoints, tmp_path: Path) -> None:
     """Two sample.py on one out= folder (before: one crashed with a traceback, parts were left): the
     second is refused while the first (here a real second process holding its lock) works."""
-    from ldm.cli.sample import run
     from test_real_faults import hold_lock
+
+    from ldm.cli.sample import run
 
     out = tmp_path / "out"
     out.mkdir()

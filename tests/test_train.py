@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
+import yaml
+
+from ldm.checkpoints import CheckpointError, find_latest, load_vae
+from ldm.cli.train import train
+from ldm.errors import ConfigError
 
 from conftest import ROOT, compose_cfg
-from ldm.checkpoints import CheckpointError, find_latest, load_vae
-from ldm.errors import ConfigError
-from ldm.cli.train import train
 
 TINY = [
     "debug=fast",
@@ -152,8 +153,9 @@ def test_train_vae_then_ldm_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
 def test_debug_runs_never_feed_or_replace_real_runs(tmp_path: Path, mnist_dir: Path) -> None:
     """debug=fast runs live under logs/debug: the real registry and `ckpt_path=last` never see them,
     while a debug LDM uses a debug VAE if there is one, else the real one."""
-    from conftest import save_vae_checkpoint
     from ldm.checkpoints import record_latest
+
+    from conftest import save_vae_checkpoint
 
     real = save_vae_checkpoint(tmp_path / "real.ckpt")
     record_latest(tmp_path / "logs" / "latest", "vae", real)
@@ -169,9 +171,8 @@ def test_debug_runs_never_feed_or_replace_real_runs(tmp_path: Path, mnist_dir: P
 
 
 def test_ldm_logs_fid_and_kid_when_a_classifier_exists(tmp_path: Path, mnist_dir: Path) -> None:
-    from test_classifier import save_classifier_checkpoint
-
     from conftest import save_vae_checkpoint
+    from test_classifier import save_classifier_checkpoint
 
     vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
     classifier = save_classifier_checkpoint(tmp_path / "classifier.ckpt")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ldm.models.unet import SelfAttention, SinusoidalTimeEmbedding, UNet, ResBlock
+from ldm.models.unet import ResBlock, SelfAttention, SinusoidalTimeEmbedding, UNet
 
 T = 1000
 SMALL = dict(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, num_heads=2)

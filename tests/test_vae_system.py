@@ -11,10 +11,11 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import fake_digits
 from ldm.checkpoints import CheckpointError, find_latest, load_checkpoint, load_vae, record_latest
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.systems.vae import VAEModule
+
+from conftest import fake_digits
 
 
 def _module(**kwargs) -> VAEModule:

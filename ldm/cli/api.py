@@ -11,8 +11,8 @@ command line's; Hydra's own logging setup (train.log) is not applied from Python
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir

@@ -3,8 +3,9 @@ plain values checked, the checkpoint found, the sampler built, then `ldm.samplin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf

@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ldm.checkpoints import CheckpointError, record_latest
 from ldm.cli import CONF_DIR, handler, multirun, resolvers
-from ldm.cli.summary import run_summary
-from ldm.cli.runs import check_run, lock_run, record_config, reported, use_checkpoint
 from ldm.cli.quiet import quiet
+from ldm.cli.runs import check_run, lock_run, record_config, reported, use_checkpoint
+from ldm.cli.summary import run_summary
 from ldm.cli.typecheck import check_config
 from ldm.errors import ConfigError
 from ldm.loggers import finish_wandb, summarize_best

@@ -28,9 +28,7 @@ from typing import Literal
 import lightning as L
 import torch
 from filelock import FileLock
-from torch import Tensor
-
-from torch import nn
+from torch import Tensor, nn
 
 from ldm.checkpoints import load_first_stage
 from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for

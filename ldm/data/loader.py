@@ -22,7 +22,8 @@ Replaces torch's DataLoader for data that already sits in (GPU) memory:
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -8,7 +8,7 @@ data the whole dataset fits on the GPU, so batching costs a few kernel launches 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,7 +41,7 @@ class TensorBatchDataset:
     def device(self) -> torch.device:
         return next(iter(self.tensors.values())).device
 
-    def to(self, device: torch.device | str) -> "TensorBatchDataset":
+    def to(self, device: torch.device | str) -> TensorBatchDataset:
         """Move the tensors (in place) to `device`, e.g. the GPU, so batches are built there."""
         self.tensors = {name: t.to(device) for name, t in self.tensors.items()}
         return self

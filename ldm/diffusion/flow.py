@@ -25,7 +25,8 @@ form): eta = 0 is Euler, eta = 1 the full posterior.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor

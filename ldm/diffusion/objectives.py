@@ -16,7 +16,8 @@ Algorithm 1) in the general (alpha, sigma) form of VDM (Kingma et al. 2021, eq. 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -10,7 +10,7 @@ spatial layout, so the diffusion UNet can work on it like on a small image. Defa
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -8,7 +8,8 @@ augmented by random shifts of up to `augment_shift` pixels, done on the whole ba
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch

@@ -45,5 +45,5 @@ class EMA(nn.Module):
         for ema_buf, src_buf in zip(self.model.buffers(), source.buffers()):
             ema_buf.copy_(src_buf)
 
-    def train(self, mode: bool = True) -> "EMA":
+    def train(self, mode: bool = True) -> EMA:
         return super().train(False)  # the average is only ever evaluated

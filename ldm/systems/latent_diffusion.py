@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,8 +31,8 @@ from torch import Tensor, nn
 
 from ldm import figures
 from ldm.checkpoints import CheckpointError, load_checkpoint, load_first_stage
-from ldm.diffusion.guidance import ClassConditioning
 from ldm.diffusion.flow import FlowSampler
+from ldm.diffusion.guidance import ClassConditioning
 from ldm.diffusion.objectives import Objective
 from ldm.diffusion.samplers import Sampler
 from ldm.errors import ConfigError, one_line
@@ -110,7 +111,7 @@ class LatentDiffusionModule(L.LightningModule):
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
-    def train(self, mode: bool = True) -> "LatentDiffusionModule":
+    def train(self, mode: bool = True) -> LatentDiffusionModule:
         super().train(mode)
         self.first_stage.eval()  # frozen: stays in eval mode whatever Lightning does
         return self
@@ -208,7 +209,7 @@ class LatentDiffusionModule(L.LightningModule):
                              "latent_shape": list(self.first_stage.latent_shape)}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, sampler: Any = None, compile: bool | str = False) -> "LatentDiffusionModule":
+    def from_checkpoint(cls, path: str | Path, sampler: Any = None, compile: bool | str = False) -> LatentDiffusionModule:
         """Rebuild a trained model (first stage, EMA denoiser, objective, sampler) from its checkpoint alone.
 
         `sampler` replaces the stored default sampler (the one it was trained with)."""
@@ -240,7 +241,7 @@ class LatentDiffusionModule(L.LightningModule):
         return model.eval()
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "LatentDiffusionModule":
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> LatentDiffusionModule:
         """Lightning's loader, after the same checks as `from_checkpoint` (an LDM checkpoint of this format)."""
         checkpoint = load_checkpoint(checkpoint_path, cls.KIND)
         if checkpoint["ldm"].get("format") != cls.FORMAT or not isinstance(checkpoint.get("hyper_parameters"), dict):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch.optim import Optimizer
@@ -47,14 +48,14 @@ def _fused_if_cuda(factory: Callable[..., Optimizer], params: list[torch.nn.Para
     return {}
 
 
-def _attached_trainer(module: "L.LightningModule") -> "L.Trainer | None":
+def _attached_trainer(module: L.LightningModule) -> L.Trainer | None:
     try:
         return module.trainer  # Lightning raises when the module is used without one (a notebook, a test)
     except RuntimeError:
         return None
 
 
-def configure(module: "L.LightningModule", params: Iterable[torch.nn.Parameter]) -> Optimizer | dict:
+def configure(module: L.LightningModule, params: Iterable[torch.nn.Parameter]) -> Optimizer | dict:
     """What a system's `configure_optimizers` returns: its partial optimizer finished over `params`
     (Adam/AdamW fused on CUDA), and its partial LR schedule (if any) stepped per optimizer step
     over the run's total steps."""

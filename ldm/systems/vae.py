@@ -12,8 +12,8 @@ latent diffusion model is compared with.
 from __future__ import annotations
 
 import math
-
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import lightning as L
 import torch
