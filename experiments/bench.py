@@ -134,8 +134,9 @@ class RandomLatents(LatentDataModule):
     """
 
     def __init__(self, num_latents: int, batch_size: int) -> None:
-        super().__init__(images=None, first_stage=IdentityFirstStage(), cache_dir="unused", batch_size=batch_size,
-                         mode="sample")
+        super().__init__(
+            images=None, first_stage=IdentityFirstStage(), cache_dir="unused", batch_size=batch_size, mode="sample"
+        )
         self.num_latents = num_latents
 
     def prepare_data(self) -> None:  # nothing to encode
@@ -212,26 +213,52 @@ def _optimizer_note(optimizer: torch.optim.Optimizer) -> str:
 
 
 def fit_row(
-    name: str, unit: str, module: L.LightningModule, network: torch.nn.Module, datamodule: L.LightningDataModule,
-    args: argparse.Namespace, device: torch.device, notes: list[str], gradient_clip_val: float | None = None,
+    name: str,
+    unit: str,
+    module: L.LightningModule,
+    network: torch.nn.Module,
+    datamodule: L.LightningDataModule,
+    args: argparse.Namespace,
+    device: torch.device,
+    notes: list[str],
+    gradient_clip_val: float | None = None,
 ) -> Row:
     """Train with a real Trainer and time the `args.steps` steps after `args.warmup`."""
     timer = StepTimer(args.warmup, args.steps)
     _reset_peak(device)
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
             precision="bf16-mixed" if device.type == "cuda" else "32-true",
-            max_steps=args.warmup + args.steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
+            max_steps=args.warmup + args.steps,
+            max_epochs=-1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
             # train.py's always-on callbacks: per-step reseeding and the NaN guard cost what they cost
-            gradient_clip_val=gradient_clip_val, callbacks=[timer, StepSeed(0), NonFiniteGuard()], default_root_dir=root,
-            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            gradient_clip_val=gradient_clip_val,
+            callbacks=[timer, StepSeed(0), NonFiniteGuard()],
+            default_root_dir=root,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
         )
         trainer.fit(module, datamodule=datamodule)
     note = "; ".join(filter(None, [*notes, _optimizer_note(trainer.optimizers[0])]))
     params = sum(p.numel() for p in network.parameters())
-    return Row(name, unit, timer.samples / timer.seconds, 1000 * timer.seconds / args.steps, None,
-               args.batch_size, args.steps, params, _peak_mib(device), note)
+    return Row(
+        name,
+        unit,
+        timer.samples / timer.seconds,
+        1000 * timer.seconds / args.steps,
+        None,
+        args.batch_size,
+        args.steps,
+        params,
+        _peak_mib(device),
+        note,
+    )
 
 
 def ldm_train_row(args: argparse.Namespace, device: torch.device) -> Row:
@@ -268,8 +295,18 @@ def sample_row(name: str, sampler: Sampler, args: argparse.Namespace, device: to
         _sync(device)
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in module.unet.parameters())
-    return Row(name, "images/s", args.num_samples / seconds, None, seconds * 10_000 / args.num_samples,
-               chunk, sampler.num_steps, params, _peak_mib(device), f"{sampler!r} + decode, {args.num_samples} samples")
+    return Row(
+        name,
+        "images/s",
+        args.num_samples / seconds,
+        None,
+        seconds * 10_000 / args.num_samples,
+        chunk,
+        sampler.num_steps,
+        params,
+        _peak_mib(device),
+        f"{sampler!r} + decode, {args.num_samples} samples",
+    )
 
 
 # --------------------------------------------------------------------------- diffusers reference
@@ -278,14 +315,21 @@ def diffusers_unet() -> torch.nn.Module:
     from diffusers import UNet2DModel
 
     return UNet2DModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=2,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=32, norm_num_groups=32,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(64, 128),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=32,
+        norm_num_groups=32,
     )
 
 
-def reference_step(model: torch.nn.Module, scheduler: Any, optimizer: torch.optim.Optimizer, z0: torch.Tensor,
-                   device: torch.device) -> None:
+def reference_step(
+    model: torch.nn.Module, scheduler: Any, optimizer: torch.optim.Optimizer, z0: torch.Tensor, device: torch.device
+) -> None:
     """One step of diffusers' train_unconditional recipe: add_noise, predict eps, MSE, AdamW."""
     z0 = F.pad(z0, (0, 1, 0, 1))  # (B, 4, 8, 8): UNet2DModel's upsampling doubles sizes exactly
     noise = torch.randn_like(z0)
@@ -306,8 +350,9 @@ def diffusers_train_row(args: argparse.Namespace, device: torch.device) -> Row:
     from diffusers import DDPMScheduler
 
     model = diffusers_unet().to(device).train()
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                              prediction_type="epsilon")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon"
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     transform = SampleLatent("sample")
     data = TensorBatchDataset(random_latents(args.num_train, device), transform)
@@ -321,9 +366,18 @@ def diffusers_train_row(args: argparse.Namespace, device: torch.device) -> Row:
     _sync(device)
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
-    return Row("diffusers_train", "latents/s", args.steps * args.batch_size / seconds, 1000 * seconds / args.steps,
-               None, args.batch_size, args.steps, params, _peak_mib(device),
-               "eager loop, UNet2DModel+DDPMScheduler, padded to 8x8, no EMA/clip")
+    return Row(
+        "diffusers_train",
+        "latents/s",
+        args.steps * args.batch_size / seconds,
+        1000 * seconds / args.steps,
+        None,
+        args.batch_size,
+        args.steps,
+        params,
+        _peak_mib(device),
+        "eager loop, UNet2DModel+DDPMScheduler, padded to 8x8, no EMA/clip",
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -332,8 +386,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = (f"{'row':<16} {'throughput':>12} {'unit':<10} {'ms/step':>8} {'s/10k':>8} {'batch':>6} {'steps':>5} "
-              f"{'params':>10} {'peak MiB':>9}  note")
+    header = (
+        f"{'row':<16} {'throughput':>12} {'unit':<10} {'ms/step':>8} {'s/10k':>8} {'batch':>6} {'steps':>5} "
+        f"{'params':>10} {'peak MiB':>9}  note"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
@@ -362,8 +418,14 @@ def _cpu_name() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     diffusers = importlib.import_module("diffusers").__version__ if importlib.util.find_spec("diffusers") else None
-    return {"device": device.type, "device_name": name, "cpu_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "lightning": L.__version__, "diffusers": diffusers}
+    return {
+        "device": device.type,
+        "device_name": name,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "diffusers": diffusers,
+    }
 
 
 # --------------------------------------------------------------------------- CLI
@@ -379,8 +441,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="samples per sampler row (default 10000; --quick 32)")
     p.add_argument("--sample-batch-size", type=int, help="samples per sample() call (default: all at once)")
     p.add_argument("--num-train", type=int, help="training set size (default 55000, MNIST's; --quick 8 batches)")
-    p.add_argument("--compile", nargs="?", const=True, default=False, type=_compile_arg, metavar="MODE",
-                   help="train through torch.compile (optionally a mode, e.g. reduce-overhead)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_compile_arg,
+        metavar="MODE",
+        help="train through torch.compile (optionally a mode, e.g. reduce-overhead)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke profile (well under a minute)")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
@@ -418,8 +487,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [measure() for measure in measurements]
     ratio = speed_ratio(rows)
     env = environment(device)
-    print(f"\n{env['device_name']} ({device.type}), torch {env['torch']}, lightning {env['lightning']}, "
-          f"diffusers {env['diffusers']}, {env['cpu_threads']} CPU threads\n{format_table(rows)}")
+    print(
+        f"\n{env['device_name']} ({device.type}), torch {env['torch']}, lightning {env['lightning']}, "
+        f"diffusers {env['diffusers']}, {env['cpu_threads']} CPU threads\n{format_table(rows)}"
+    )
     print(f"ldm_train / diffusers_train = {_fmt(ratio, '.2f')}x" if ratio else "ldm_train / diffusers_train: -")
     config = {k: v for k, v in vars(args).items() if k != "out"}
     report = {**env, "config": config, "rows": [asdict(r) for r in rows], "ratio_vs_diffusers": ratio}

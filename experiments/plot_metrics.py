@@ -27,11 +27,14 @@ def find_runs(folders: list[Path]) -> list[Path]:
         if folder.is_file() and folder.name == "metrics.csv":
             found.append(folder)
             continue
-        files = sorted(folder.glob("csv/metrics.csv")) or sorted(folder.glob("*/csv/metrics.csv"),
-                                                                   key=lambda p: _job_order(p.parents[1].name))
+        files = sorted(folder.glob("csv/metrics.csv")) or sorted(
+            folder.glob("*/csv/metrics.csv"), key=lambda p: _job_order(p.parents[1].name)
+        )
         if not files:
-            raise SystemExit(f"plot_metrics.py: no csv/metrics.csv in {folder} or its job folders: pass a run "
-                             "folder (logs/<model>/runs/<time>) or a sweep folder (logs/<model>/multiruns/<time>)")
+            raise SystemExit(
+                f"plot_metrics.py: no csv/metrics.csv in {folder} or its job folders: pass a run "
+                "folder (logs/<model>/runs/<time>) or a sweep folder (logs/<model>/multiruns/<time>)"
+            )
         found += files
     return found
 

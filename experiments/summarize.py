@@ -15,7 +15,15 @@ from collections import defaultdict
 from pathlib import Path
 
 COLUMNS = [
-    "val/loss", "val/psnr", "val/ssim", "val/kl", "val/acc", "val/fid", "val/kid", "train/samples_per_sec", "train/epoch_seconds",
+    "val/loss",
+    "val/psnr",
+    "val/ssim",
+    "val/kl",
+    "val/acc",
+    "val/fid",
+    "val/kid",
+    "train/samples_per_sec",
+    "train/epoch_seconds",
 ]
 
 

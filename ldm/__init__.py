@@ -13,8 +13,13 @@ From Python (each imported on first use, so `import ldm` stays light):
 
 __version__ = "0.1.0"
 
-_API = {"compose": "ldm.cli.api", "train": "ldm.cli.api", "load": "ldm.api", "checkpoint_of": "ldm.api",
-        "save_grid": "ldm.api"}
+_API = {
+    "compose": "ldm.cli.api",
+    "train": "ldm.cli.api",
+    "load": "ldm.api",
+    "checkpoint_of": "ldm.api",
+    "save_grid": "ldm.api",
+}
 __all__ = sorted(_API)
 
 

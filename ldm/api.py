@@ -38,20 +38,28 @@ def checkpoint_of(source: str | Path | None = None, registry: str | Path = "logs
         best = sorted(p for p in checkpoints.glob("*.ckpt") if not p.name.startswith("last"))
         if best or (checkpoints / "last.ckpt").is_file():
             return best[-1] if best else checkpoints / "last.ckpt"
-    raise CheckpointError(f"{path} is neither a checkpoint, a run folder with checkpoints/ nor a registry folder "
-                          "with ldm.json: pass e.g. logs/ldm/runs/<time> or logs/ldm/runs/<time>/checkpoints/last.ckpt")
+    raise CheckpointError(
+        f"{path} is neither a checkpoint, a run folder with checkpoints/ nor a registry folder "
+        "with ldm.json: pass e.g. logs/ldm/runs/<time> or logs/ldm/runs/<time>/checkpoints/last.ckpt"
+    )
 
 
-def load(source: str | Path | None = None, device: str = "auto", registry: str | Path = "logs/latest"
-         ) -> DiffusionPipeline:
+def load(
+    source: str | Path | None = None, device: str = "auto", registry: str | Path = "logs/latest"
+) -> DiffusionPipeline:
     """The sampling pipeline of a trained LDM (`checkpoint_of(source, registry)`) on `device`
     (auto: CUDA if there is a GPU): its EMA denoiser, objective, VAE decoder, sampler and guidance."""
     path = checkpoint_of(source, registry)
     kind = checkpoint_kind(path)
     if kind != "ldm":
-        raise CheckpointError(f"{path} is a {kind} checkpoint; ldm.load takes an LDM's (python train.py model=ldm)"
-                              + (": a VAE's prior is ldm.checkpoints.load_vae(path).decode(torch.randn(n, *latent_shape))"
-                                 if kind == "vae" else ""))
+        raise CheckpointError(
+            f"{path} is a {kind} checkpoint; ldm.load takes an LDM's (python train.py model=ldm)"
+            + (
+                ": a VAE's prior is ldm.checkpoints.load_vae(path).decode(torch.randn(n, *latent_shape))"
+                if kind == "vae"
+                else ""
+            )
+        )
     return LatentDiffusionModule.from_checkpoint(path).to(pick_device(device)).pipeline()
 
 
@@ -61,5 +69,6 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     nrow = nrow or max(1, int(len(images) ** 0.5 + 0.5))
-    return save_png(Path(path), grid_image(images.detach().cpu().clamp(0, 255 if images.dtype == torch.uint8 else 1),
-                                           nrow))
+    return save_png(
+        Path(path), grid_image(images.detach().cpu().clamp(0, 255 if images.dtype == torch.uint8 else 1), nrow)
+    )

@@ -71,9 +71,12 @@ class ImageLogger(L.Callback):
                 _log_grid(logger, f"images/{name}", grid, trainer.global_step)
         for logger in trainer.loggers:  # W&B: one table row per validation, every figure side by side
             if isinstance(logger, WandbLogger):
-                logger.log_table(key="images/table", columns=["epoch", *drawn],
-                                 data=[[trainer.current_epoch, *(_wandb_image(g) for g in drawn.values())]],
-                                 step=trainer.global_step)
+                logger.log_table(
+                    key="images/table",
+                    columns=["epoch", *drawn],
+                    data=[[trainer.current_epoch, *(_wandb_image(g) for g in drawn.values())]],
+                    step=trainer.global_step,
+                )
 
 
 def _wandb_image(grid: torch.Tensor) -> Any:
@@ -117,14 +120,18 @@ class ThroughputLogger(L.Callback):
         self._paused += time.perf_counter() - self._pause_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None) if isinstance(batch, dict) else None
+        first = (
+            next((v for v in batch.values() if isinstance(v, torch.Tensor)), None) if isinstance(batch, dict) else None
+        )
         self._samples += len(first) if first is not None else 0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _synchronize(pl_module.device)
         seconds = time.perf_counter() - self._start - self._paused
         rate = self._samples * trainer.world_size / max(seconds, 1e-9)
-        pl_module.log_dict({"train/samples_per_sec": rate, "train/epoch_seconds": seconds}, on_epoch=True, on_step=False)
+        pl_module.log_dict(
+            {"train/samples_per_sec": rate, "train/epoch_seconds": seconds}, on_epoch=True, on_step=False
+        )
         log.info("epoch %d: %.0f samples/s, %.1f s", trainer.current_epoch, rate, seconds)
 
 
@@ -135,8 +142,12 @@ class CpuEstimate(L.Callback):
     later: one log line with steps/s, the remaining optimizer steps and their time, and `hint`.
     """
 
-    def __init__(self, skip_steps: int = 5, measure_steps: int = 20,
-                 hint: str = "For a CPU run of minutes: bash experiments/pipeline.sh tiny") -> None:
+    def __init__(
+        self,
+        skip_steps: int = 5,
+        measure_steps: int = 20,
+        hint: str = "For a CPU run of minutes: bash experiments/pipeline.sh tiny",
+    ) -> None:
         if skip_steps < 0 or measure_steps < 1:
             raise ValueError(f"skip_steps={skip_steps} must be >= 0 and measure_steps={measure_steps} >= 1")
         self.skip_steps, self.measure_steps, self.hint = skip_steps, measure_steps, hint
@@ -163,8 +174,15 @@ class CpuEstimate(L.Callback):
             self.estimate = math.inf
             return
         self.estimate = remaining / rate
-        log.info("No GPU: %.2f training steps/s on the CPU; the remaining %d of %d steps take about %s, validation "
-                 "not included. %s", rate, remaining, total, _duration(self.estimate), self.hint)
+        log.info(
+            "No GPU: %.2f training steps/s on the CPU; the remaining %d of %d steps take about %s, validation "
+            "not included. %s",
+            rate,
+            remaining,
+            total,
+            _duration(self.estimate),
+            self.hint,
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -221,11 +239,17 @@ class SampleQuality(L.Callback):
     """
 
     def __init__(
-        self, classifier_ckpt: str | None, reference: ImageSource, every_n_epochs: int = 5,
-        num_samples: int = 2000, batch_size: int = 500,
+        self,
+        classifier_ckpt: str | None,
+        reference: ImageSource,
+        every_n_epochs: int = 5,
+        num_samples: int = 2000,
+        batch_size: int = 500,
     ) -> None:
         if every_n_epochs < 1 or num_samples < 2 or batch_size < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs}, num_samples={num_samples}, batch_size={batch_size} out of range")
+            raise ValueError(
+                f"every_n_epochs={every_n_epochs}, num_samples={num_samples}, batch_size={batch_size} out of range"
+            )
         self.classifier_ckpt, self.reference = classifier_ckpt, reference
         self.every_n_epochs, self.num_samples, self.batch_size = every_n_epochs, num_samples, batch_size
         self.metrics: dict[str, Metric] = {}
@@ -243,7 +267,9 @@ class SampleQuality(L.Callback):
         subset = min(1000, self.num_samples)
         self.metrics = {
             "fid": FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(pl_module.device),
-            "kid": KernelInceptionDistance(feature=extractor, reset_real_features=False, subset_size=subset).to(pl_module.device),
+            "kid": KernelInceptionDistance(feature=extractor, reset_real_features=False, subset_size=subset).to(
+                pl_module.device
+            ),
         }
         real = self.reference.split("val")  # an image source (ldm.data.source): prepared on first use
         shard = torch.arange(trainer.global_rank, len(real), trainer.world_size)
@@ -256,7 +282,9 @@ class SampleQuality(L.Callback):
         due = (trainer.current_epoch + 1) % self.every_n_epochs == 0
         if not self.metrics or trainer.sanity_checking or not due:
             return
-        generator = torch.Generator(device=pl_module.device).manual_seed(1000 * trainer.current_epoch + trainer.global_rank)
+        generator = torch.Generator(device=pl_module.device).manual_seed(
+            1000 * trainer.current_epoch + trainer.global_rank
+        )
         remaining = math.ceil(self.num_samples / trainer.world_size)
         while remaining > 0:
             n = min(self.batch_size, remaining)  # conditional models: balanced classes, default guidance

@@ -58,8 +58,9 @@ def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
     """Load a Lightning checkpoint written by an ldm system of `kind` ("vae", ...; None: any), safely."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint: pass a .ckpt file in it "
-                              "(e.g. <run>/checkpoints/last.ckpt)")
+        raise CheckpointError(
+            f"{path} is a folder, not a checkpoint: pass a .ckpt file in it (e.g. <run>/checkpoints/last.ckpt)"
+        )
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist")
     try:
@@ -70,8 +71,9 @@ def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
         culprit = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
         if not culprit:
             reason = next((line.strip() for line in str(e).splitlines() if line.startswith("Unsupported")), "")
-            raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason or 'not a pickle'}); use "
-                                  "another checkpoint") from e
+            raise CheckpointError(
+                f"{path} is truncated or not a checkpoint ({reason or 'not a pickle'}); use another checkpoint"
+            ) from e
         raise CheckpointError(
             f"Refusing to load {path}: it holds objects other than tensors and plain values, "
             f"which could run code when unpickled. {culprit}"
@@ -82,8 +84,10 @@ def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
     info = checkpoint.get("ldm") if isinstance(checkpoint, dict) else None
     found = info.get("kind") if isinstance(info, dict) else None
     if found is None:
-        raise CheckpointError(f"{path} was not written by an ldm training run (no ldm record); use a checkpoint from "
-                              f"logs/<stage>/runs/*/checkpoints/")
+        raise CheckpointError(
+            f"{path} was not written by an ldm training run (no ldm record); use a checkpoint from "
+            f"logs/<stage>/runs/*/checkpoints/"
+        )
     if kind is not None and found != kind:
         raise CheckpointError(f"{path} is a {found} checkpoint, but a {kind} checkpoint is needed")
     if not isinstance(checkpoint.get("state_dict"), dict):
@@ -97,7 +101,7 @@ def checkpoint_kind(path: str | Path) -> str:
 
 
 def _weights(checkpoint: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
 
 
 def _load_into(path: str | Path, built: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
@@ -106,8 +110,10 @@ def _load_into(path: str | Path, built: nn.Module, state: dict[str, torch.Tensor
     result = built.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("normalizer.")]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{path}: its {what} weights do not match its recorded config (missing "
-                              f"{missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        raise CheckpointError(
+            f"{path}: its {what} weights do not match its recorded config (missing "
+            f"{missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
     return built.eval()
 
 
@@ -131,8 +137,10 @@ def _ldm_first_stage(path: str | Path, checkpoint: dict[str, Any]) -> nn.Module:
     try:
         first_stage = build(checkpoint["hyper_parameters"]["first_stage"], nn.Module)
     except (KeyError, TypeError, SpecError) as e:
-        raise CheckpointError(f"{path}: no first stage can be rebuilt from it ({one_line(str(e))[:200]}); an LDM "
-                              "checkpoint from an older version of ldm: train it again") from e
+        raise CheckpointError(
+            f"{path}: no first stage can be rebuilt from it ({one_line(str(e))[:200]}); an LDM "
+            "checkpoint from an older version of ldm: train it again"
+        ) from e
     return _load_into(path, first_stage, _weights(checkpoint, "first_stage."), "first stage")
 
 
@@ -147,7 +155,9 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     (the VAE its latents came from), weights included (eval mode)."""
     first_stage = load_first_stage(path)
     if not isinstance(first_stage, AutoencoderKL):
-        raise CheckpointError(f"{path} is a pixel-space model ({type(first_stage).__name__} first stage): it holds no VAE")
+        raise CheckpointError(
+            f"{path} is a pixel-space model ({type(first_stage).__name__} first stage): it holds no VAE"
+        )
     return first_stage
 
 

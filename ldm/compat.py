@@ -23,7 +23,10 @@ from typing import Any
 
 PRIVATE: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.callbacks.ModelCheckpoint": (
-        "_should_skip_saving_checkpoint", "_save_last_checkpoint", "_monitor_candidates"),
+        "_should_skip_saving_checkpoint",
+        "_save_last_checkpoint",
+        "_monitor_candidates",
+    ),
     "lightning.pytorch.strategies.launchers.subprocess_script": ("_hydra_subprocess_cmd",),
     "torch": ("_foreach_lerp_", "_foreach_norm"),
 }
@@ -35,8 +38,10 @@ def require(owner: Any, *names: str) -> None:
     if missing:
         module = owner.__name__ if isinstance(owner, types.ModuleType) else owner.__module__
         where = module if isinstance(owner, types.ModuleType) else f"{module}.{owner.__qualname__}"
-        raise RuntimeError(f"{where}.{', '.join(missing)} is gone in this version of {module.split('.')[0]}: ldm "
-                           "relies on it (see ldm/compat.py); use the versions pyproject.toml allows, or update ldm")
+        raise RuntimeError(
+            f"{where}.{', '.join(missing)} is gone in this version of {module.split('.')[0]}: ldm "
+            "relies on it (see ldm/compat.py); use the versions pyproject.toml allows, or update ldm"
+        )
 
 
 def missing_private_apis() -> list[str]:

@@ -1,8 +1,8 @@
 """The post's figures of a diffusion model, drawn through its sampling pipeline (`ldm.pipeline`).
 
-    forward_corruption: each row one clean sample, then decoded x_t at increasingly noisy t
-                        (the forward process, DDPM eq. 4 / the post's eq. 2)
-    trajectory:         each row one sample, decoded at evenly spaced states of the reverse process
+forward_corruption: each row one clean sample, then decoded x_t at increasingly noisy t
+                    (the forward process, DDPM eq. 4 / the post's eq. 2)
+trajectory:         each row one sample, decoded at evenly spaced states of the reverse process
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def forward_corruption(pipeline: DiffusionPipeline, x0: Tensor, columns: int = 8
 
 
 @torch.no_grad()
-def trajectory(pipeline: DiffusionPipeline, num_rows: int, generator: torch.Generator, columns: int = 8) -> tuple[Tensor, int]:
+def trajectory(
+    pipeline: DiffusionPipeline, num_rows: int, generator: torch.Generator, columns: int = 8
+) -> tuple[Tensor, int]:
     """Decoded reverse-process states: each row one sample from noise (left) to the result (right)."""
     labels = pipeline.default_labels(num_rows)
     _, states = pipeline.sample_latents(num_rows, generator=generator, labels=labels, return_trajectory=True)

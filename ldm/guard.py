@@ -47,12 +47,16 @@ class NonFiniteGuard(L.Callback):
         check_every_n_steps: how often the host reads the device-side count (fused optimizers).
     """
 
-    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10, check_every_n_steps: int = 50) -> None:
+    def __init__(
+        self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10, check_every_n_steps: int = 50
+    ) -> None:
         if action not in ("stop", "skip"):
             raise ValueError(f"callbacks.nonfinite.action={action!r} is not one of ['skip', 'stop']")
         if max_skips < 0 or check_every_n_steps < 1:
-            raise ValueError(f"callbacks.nonfinite.max_skips={max_skips} must be >= 0 "
-                             f"and check_every_n_steps={check_every_n_steps} >= 1")
+            raise ValueError(
+                f"callbacks.nonfinite.max_skips={max_skips} must be >= 0 "
+                f"and check_every_n_steps={check_every_n_steps} >= 1"
+            )
         self.action, self.max_skips, self.check_every_n_steps = action, max_skips, check_every_n_steps
         self.skipped = 0  # steps skipped before the last check (host)
         self._count: Tensor | None = None  # steps skipped since the last check (device)
@@ -107,10 +111,16 @@ class NonFiniteGuard(L.Callback):
         if new == 0:
             return
         self.skipped += new
-        log.warning("Non-finite loss or gradient at step %d: %d step(s) skipped (%d in this run)", first, new, self.skipped)
+        log.warning(
+            "Non-finite loss or gradient at step %d: %d step(s) skipped (%d in this run)", first, new, self.skipped
+        )
         if self.action == "skip" and self.skipped <= self.max_skips:
             return
-        why = f"{self.skipped} skipped steps exceed max_skips={self.max_skips}" if self.action == "skip" else "action=stop"
+        why = (
+            f"{self.skipped} skipped steps exceed max_skips={self.max_skips}"
+            if self.action == "skip"
+            else "action=stop"
+        )
         raise NonFiniteError(
             f"Non-finite loss or gradient at step {first} (epoch {trainer.current_epoch}; {why}); that step was "
             f"skipped, so the weights are finite. Last good checkpoint: {_last_checkpoint(trainer)}. Lower "
@@ -128,5 +138,7 @@ class NonFiniteGuard(L.Callback):
 def _last_checkpoint(trainer: L.Trainer) -> str:
     """The newest checkpoint written: a `last.ckpt` if any callback keeps one, else the best."""
     callbacks = trainer.checkpoint_callbacks
-    paths = [getattr(c, "last_model_path", "") for c in callbacks] + [getattr(c, "best_model_path", "") for c in callbacks]
+    paths = [getattr(c, "last_model_path", "") for c in callbacks] + [
+        getattr(c, "best_model_path", "") for c in callbacks
+    ]
     return next((p for p in paths if p), "none saved yet")

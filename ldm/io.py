@@ -38,8 +38,9 @@ def _is_write_failure(error: BaseException, free: int | None) -> bool:
     if isinstance(error, OSError):
         return True
     message = str(error).lower()
-    return isinstance(error, RuntimeError) and ("inline_container" in message or "write" in message
-                                                or (free is not None and free < _LOW))
+    return isinstance(error, RuntimeError) and (
+        "inline_container" in message or "write" in message or (free is not None and free < _LOW)
+    )
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -57,12 +58,18 @@ def _write_error(path: Path, error: BaseException, free: int | None, hint: str) 
     full = code in _FULL or (free is not None and free < _LOW and code not in _NOT_SPACE)
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if full:
-        where = f"the disk holding {path.parent} is full ({free / 2**20:.1f} MiB free)" if free is not None else "the disk is full"
+        where = (
+            f"the disk holding {path.parent} is full ({free / 2**20:.1f} MiB free)"
+            if free is not None
+            else "the disk is full"
+        )
         advice = f"free some space{' or ' + hint if hint else ''}, then run again"
     else:
         where, advice = reason, hint or "check that the folder is writable"
-    return WriteError(f"Could not write {path}: {where}; nothing was written there (an older file is untouched). "
-                      f"{advice[0].upper()}{advice[1:]}")
+    return WriteError(
+        f"Could not write {path}: {where}; nothing was written there (an older file is untouched). "
+        f"{advice[0].upper()}{advice[1:]}"
+    )
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], hint: str = "") -> Path:

@@ -83,9 +83,15 @@ def wandb_logger(
     mode = wandb_mode(offline)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
-        project=project, name=name, group=group, tags=list(tags), save_dir=str(save_dir),
+        project=project,
+        name=name,
+        group=group,
+        tags=list(tags),
+        save_dir=str(save_dir),
         # `mode=` rather than `offline=True`, which would set WANDB_MODE for the whole process.
-        log_model=log_model and mode == "online", id=run_id, mode=mode,
+        log_model=log_model and mode == "online",
+        id=run_id,
+        mode=mode,
         settings=wandb.Settings(init_timeout=60, silent=True),
     )
 
@@ -102,14 +108,17 @@ def summarize_best(loggers: Sequence[object]) -> None:
                 logger.experiment.define_metric(key, summary="min")
 
 
-def tensorboard_logger(save_dir: str | Path, name: str = "tensorboard", version: str = "", **kwargs: Any
-                       ) -> pl_loggers.TensorBoardLogger:
+def tensorboard_logger(
+    save_dir: str | Path, name: str = "tensorboard", version: str = "", **kwargs: Any
+) -> pl_loggers.TensorBoardLogger:
     """Lightning's TensorBoardLogger, or a one-line error saying how to install what it needs."""
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        raise ConfigError("logger=tensorboard needs the tensorboard package, which is not installed: "
-                          "pip install -e '.[tensorboard]' (or pip install tensorboard), or use logger=csv") from None
+        raise ConfigError(
+            "logger=tensorboard needs the tensorboard package, which is not installed: "
+            "pip install -e '.[tensorboard]' (or pip install tensorboard), or use logger=csv"
+        ) from None
     return pl_loggers.TensorBoardLogger(save_dir=save_dir, name=name, version=version, **kwargs)
 
 

@@ -166,7 +166,9 @@ def kernel_distance(
     subset_size = min(subset_size, len(real_features), len(fake_features))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        kid = KernelInceptionDistance(feature=_GivenFeatures(real_features.shape[1]), subsets=subsets, subset_size=subset_size)
+        kid = KernelInceptionDistance(
+            feature=_GivenFeatures(real_features.shape[1]), subsets=subsets, subset_size=subset_size
+        )
     kid.update(real_features.double(), real=True)
     kid.update(fake_features.double(), real=False)
     with torch.random.fork_rng(devices=[]):  # torchmetrics draws subsets from the global RNG
@@ -223,9 +225,7 @@ def precision_recall(
     return float(precision), float(recall)
 
 
-def conditional_accuracy(
-    images: Tensor, labels: Tensor, extractor: ClassifierFeatures, batch_size: int = 500
-) -> float:
+def conditional_accuracy(images: Tensor, labels: Tensor, extractor: ClassifierFeatures, batch_size: int = 500) -> float:
     """Share of class-conditional samples the classifier assigns to the class they were made for."""
     return _accuracy(extract(images, extractor, batch_size)[1], labels)
 
@@ -256,8 +256,13 @@ def sample_metrics(
     is_mean, is_std = inception_score(logits, seed=seed)
     precision, recall = precision_recall(real_features, fake_features, k)
     metrics = {
-        "fid": frechet_distance(real_features, fake_features), "kid": kid, "kid_std": kid_std,
-        "is": is_mean, "is_std": is_std, "precision": precision, "recall": recall,
+        "fid": frechet_distance(real_features, fake_features),
+        "kid": kid,
+        "kid_std": kid_std,
+        "is": is_mean,
+        "is_std": is_std,
+        "precision": precision,
+        "recall": recall,
     }
     if labels is not None:
         metrics["cond_acc"] = _accuracy(logits, labels)
@@ -265,8 +270,12 @@ def sample_metrics(
 
 
 def real_floor(
-    train_images: Tensor, real_features: Tensor, extractor: ClassifierFeatures, num_samples: int = 10_000,
-    k: int = 3, seed: int = 0,
+    train_images: Tensor,
+    real_features: Tensor,
+    extractor: ClassifierFeatures,
+    num_samples: int = 10_000,
+    k: int = 3,
+    seed: int = 0,
 ) -> dict[str, float]:
     """The best score a generator can hope for: `num_samples` real train digits scored exactly like
     generated samples, against the same reference features (e.g. of the test set).

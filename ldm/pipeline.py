@@ -24,8 +24,14 @@ from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2M
 from ldm.models.first_stage import FirstStage
 
 # The names of conf/sampler/*.yaml; each class's defaults are that file's values.
-SAMPLERS: dict[str, type] = {"ddim": DDIMSampler, "ddpm": DDPMSampler, "dpmpp": DPMSolverPP2M,
-                             "euler": EulerSampler, "heun": HeunSampler, "flow_ancestral": FlowAncestralSampler}
+SAMPLERS: dict[str, type] = {
+    "ddim": DDIMSampler,
+    "ddpm": DDPMSampler,
+    "dpmpp": DPMSolverPP2M,
+    "euler": EulerSampler,
+    "heun": HeunSampler,
+    "flow_ancestral": FlowAncestralSampler,
+}
 
 
 def make_sampler(sampler: Any, steps: int | None = None, eta: float | None = None) -> Any:
@@ -43,8 +49,10 @@ def make_sampler(sampler: Any, steps: int | None = None, eta: float | None = Non
         raise ValueError("steps= / eta= need a sampler (a name or an object with a `config`); got None")
     for key in wanted:
         if key not in config:
-            raise ValueError(f"{'steps' if key == 'num_steps' else key}= does not apply to {type(sampler).__name__} "
-                             f"(it has no {key})")
+            raise ValueError(
+                f"{'steps' if key == 'num_steps' else key}= does not apply to {type(sampler).__name__} "
+                f"(it has no {key})"
+            )
     return type(sampler)(**{**config, **wanted})
 
 
@@ -59,8 +67,14 @@ class DiffusionPipeline:
         conditioning: class conditioning with classifier-free guidance, or None.
     """
 
-    def __init__(self, network: Callable[..., Tensor], objective: Objective, first_stage: FirstStage, sampler: Any,
-                 conditioning: ClassConditioning | None = None) -> None:
+    def __init__(
+        self,
+        network: Callable[..., Tensor],
+        objective: Objective,
+        first_stage: FirstStage,
+        sampler: Any,
+        conditioning: ClassConditioning | None = None,
+    ) -> None:
         self.network, self.objective, self.first_stage = network, objective, first_stage
         self.sampler, self.conditioning = sampler, conditioning
 
@@ -95,8 +109,13 @@ class DiffusionPipeline:
 
     @torch.no_grad()
     def sample_latents(
-        self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
-        labels: Tensor | None = None, guidance: float | None = None, return_trajectory: bool = False,
+        self,
+        num_samples: int,
+        sampler: Any = None,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
+        return_trajectory: bool = False,
         on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Normalised latents (N, *latent_shape) (and the x_t trajectory).
@@ -107,15 +126,23 @@ class DiffusionPipeline:
         if labels is not None:
             labels = torch.as_tensor(labels, device=self.device)
             if labels.shape != (num_samples,) or labels.is_floating_point():
-                raise ValueError(f"labels must be {num_samples} integer class ids, got {labels.dtype} {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels must be {num_samples} integer class ids, got {labels.dtype} {tuple(labels.shape)}"
+                )
             classes = self.conditioning.num_classes if self.conditioning is not None else None
             if classes is not None and not bool(((labels >= 0) & (labels < classes)).all()):
                 raise ValueError(f"labels must be class ids in 0..{classes - 1}")
             labels = labels.long()
         shape = (num_samples, *self.first_stage.latent_shape)
-        return self.objective.sample(self.guided_network(labels, guidance), sampler or self.sampler, shape,
-                                     generator=generator, device=self.device, return_trajectory=return_trajectory,
-                                     on_step=on_step)
+        return self.objective.sample(
+            self.guided_network(labels, guidance),
+            sampler or self.sampler,
+            shape,
+            generator=generator,
+            device=self.device,
+            return_trajectory=return_trajectory,
+            on_step=on_step,
+        )
 
     @torch.no_grad()
     def decode(self, z_n: Tensor) -> Tensor:
@@ -124,9 +151,17 @@ class DiffusionPipeline:
 
     @torch.no_grad()
     def sample(
-        self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
-        labels: Tensor | None = None, guidance: float | None = None, *, steps: int | None = None,
-        eta: float | None = None, seed: int | None = None, on_step: Callable[[int, int], None] | None = None,
+        self,
+        num_samples: int,
+        sampler: Any = None,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
+        *,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Decoded samples (N, C, H, W) in [0, 1]: of the given classes for a conditional model
         (labels=None: its unconditional model; `default_labels(n)`: 0..9 in turn).
@@ -140,12 +175,12 @@ class DiffusionPipeline:
             if generator is not None:
                 raise ValueError("give seed= or generator=, not both")
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.decode(self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance,
-                                               on_step=on_step))
+        return self.decode(
+            self.sample_latents(num_samples, sampler, generator, labels=labels, guidance=guidance, on_step=on_step)
+        )
 
     def default_labels(self, num_samples: int) -> Tensor | None:
         """Classes 0, 1, ..., K-1, 0, ... for a conditional model (balanced grids), else None."""
         if self.conditioning is None:
             return None
         return torch.arange(num_samples, device=self.device) % self.conditioning.num_classes
-

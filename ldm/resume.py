@@ -55,8 +55,14 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 500) -> None:
         require(ModelCheckpoint, "_should_skip_saving_checkpoint", "_save_last_checkpoint", "_monitor_candidates")
-        super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
-                         every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            monitor=None,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+        )
 
     def _refresh(self, trainer: L.Trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # sanity check, other stages, or done
@@ -102,29 +108,43 @@ def newest_last_checkpoint(log_dir: str | Path, task_name: str) -> Path:
     return candidates[-1]
 
 
-def find_checkpoint(ckpt_path: str, log_dir: str | Path, task_name: str, kind: str | None) -> tuple[Path, dict[str, Any]]:
+def find_checkpoint(
+    ckpt_path: str, log_dir: str | Path, task_name: str, kind: str | None
+) -> tuple[Path, dict[str, Any]]:
     """`ckpt_path` ("last" or a path) as a file and its safely loaded contents, of `kind` if given."""
     path = newest_last_checkpoint(log_dir, task_name) if ckpt_path == "last" else Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"ckpt_path={ckpt_path}: {path} does not exist; pass an existing checkpoint or ckpt_path=last")
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: {path} does not exist; pass an existing checkpoint or ckpt_path=last"
+        )
     try:
         checkpoint = load_checkpoint(path, None)  # safe load: truncated, unsafe or foreign files refused
     except CheckpointError as e:
         raise CheckpointError(f"ckpt_path={ckpt_path} cannot be used: {e}") from e
     found = checkpoint["ldm"]["kind"]
     if kind is not None and found != kind:
-        raise CheckpointError(f"ckpt_path={ckpt_path} is a {found} checkpoint, but this is a {kind} run: pass a {kind} "
-                              f"checkpoint, or resume it with model={found}")
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path} is a {found} checkpoint, but this is a {kind} run: pass a {kind} "
+            f"checkpoint, or resume it with model={found}"
+        )
     return path, checkpoint
 
 
-def resolve_resume(ckpt_path: str | None, log_dir: str | Path, task_name: str, kind: str | None = None) -> Resume | None:
+def resolve_resume(
+    ckpt_path: str | None, log_dir: str | Path, task_name: str, kind: str | None = None
+) -> Resume | None:
     """What `ckpt_path` (None, "last" or a path) resumes; a clear error, before anything is written,
     if it is missing, unreadable, of another stage's `kind`, or not a training checkpoint."""
     if ckpt_path is None:
         return None
     path, checkpoint = find_checkpoint(ckpt_path, log_dir, task_name, kind)
     if "loops" not in checkpoint:
-        raise CheckpointError(f"ckpt_path={ckpt_path}: {path} is not a training checkpoint (no loop state) and cannot be resumed")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() else None
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: {path} is not a training checkpoint (no loop state) and cannot be resumed"
+        )
+    run_dir = (
+        path.parent.parent
+        if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
+        else None
+    )
     return Resume(path.resolve(), run_dir.resolve() if run_dir else None, checkpoint.get("wandb_run_id"))

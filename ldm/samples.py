@@ -44,6 +44,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 # --- writing ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Column:
     """One array of an .npz, given as consecutive pieces along its first axis."""
@@ -62,15 +63,20 @@ def write_npz(path: str | Path, columns: dict[str, Column], hint: str = "") -> P
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
             for name, column in columns.items():
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(column.dtype)), "fortran_order": False,
-                          "shape": tuple(column.shape)}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(column.dtype)),
+                    "fortran_order": False,
+                    "shape": tuple(column.shape),
+                }
                 rows = 0
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:  # sizes unknown up front
                     np.lib.format.write_array_header_1_0(member, header)
                     for piece in column.pieces():
                         piece = np.ascontiguousarray(piece, dtype=column.dtype)
                         if piece.shape[1:] != tuple(column.shape[1:]):
-                            raise ValueError(f"{name}: a piece of shape {piece.shape} in an array of shape {column.shape}")
+                            raise ValueError(
+                                f"{name}: a piece of shape {piece.shape} in an array of shape {column.shape}"
+                            )
                         member.write(piece.data)
                         rows += len(piece)
                 if rows != column.shape[0]:
@@ -131,8 +137,11 @@ class Parts:
         arrays = {"images": images, "generator_state": state.cpu().numpy()}
         if labels is not None:
             arrays["labels"] = labels.astype(np.int64)
-        atomic_write(self.path(index), lambda tmp: _savez(tmp, arrays),
-                     hint=f"the {index} finished batches are kept in {self.folder} and the same command continues")
+        atomic_write(
+            self.path(index),
+            lambda tmp: _savez(tmp, arrays),
+            hint=f"the {index} finished batches are kept in {self.folder} and the same command continues",
+        )
 
     def generator_state(self, index: int) -> torch.Tensor:
         with np.load(self.path(index)) as part:
@@ -180,6 +189,7 @@ def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 # --- reading ------------------------------------------------------------------------------------
 
+
 def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`images` as uint8 (N, C, H, W) and `labels` as int64 (N,) if present, from a samples.npz, checked.
 
@@ -205,17 +215,22 @@ def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     except (SamplesError, MemoryError):
         raise
     except Exception as e:  # zero bytes, text, random bytes, a truncated zip, pickled objects: numpy raises anything
-        raise SamplesError(f"samples={path} is not a readable .npz ({one_line(f'{type(e).__name__}: {e}')[:160]}); "
-                           f"{MAKE_ONE}") from e
+        raise SamplesError(
+            f"samples={path} is not a readable .npz ({one_line(f'{type(e).__name__}: {e}')[:160]}); {MAKE_ONE}"
+        ) from e
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise SamplesError(f"samples={path}: `images` must be uint8 of shape (N, H, W) or (N, C, H, W), got "
-                           f"{images.dtype} {images.shape}; {MAKE_ONE}")
+        raise SamplesError(
+            f"samples={path}: `images` must be uint8 of shape (N, H, W) or (N, C, H, W), got "
+            f"{images.dtype} {images.shape}; {MAKE_ONE}"
+        )
     if 0 in images.shape:
         raise SamplesError(f"samples={path} holds no images (shape {images.shape}); {MAKE_ONE}")
     if labels is not None:
         if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
-            raise SamplesError(f"samples={path}: `labels` must be integers of shape ({len(images)},), one class per "
-                               f"image, got {labels.dtype} {labels.shape}; {MAKE_ONE}")
+            raise SamplesError(
+                f"samples={path}: `labels` must be integers of shape ({len(images)},), one class per "
+                f"image, got {labels.dtype} {labels.shape}; {MAKE_ONE}"
+            )
         labels = torch.from_numpy(labels.astype(np.int64))
     images = torch.from_numpy(images)
     return (images[:, None] if images.ndim == 3 else images), labels

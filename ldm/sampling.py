@@ -49,8 +49,9 @@ def pick_device(name: str) -> torch.device:
     except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device={name}, but {torch.cuda.device_count()} CUDA GPU(s) are visible: use device=auto "
-                          "or device=cpu")
+        raise ConfigError(
+            f"device={name}, but {torch.cuda.device_count()} CUDA GPU(s) are visible: use device=auto or device=cpu"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device={name}: use auto, cpu, cuda or cuda:N")
     return device
@@ -58,8 +59,14 @@ def pick_device(name: str) -> torch.device:
 
 def progress_bar() -> Progress:
     """A rich bar counting sampler steps (all batches), with elapsed and remaining time."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -86,14 +93,23 @@ class Request:
             ("num_samples", self.num_samples >= 1, "must be >= 1"),
             ("batch_size", self.batch_size is None or self.batch_size >= 1, "must be >= 1 (or null: automatic)"),
             ("seed", 0 <= self.seed < 2**63, "must be in 0 .. 2**63 - 1"),
-            ("guidance", self.guidance is None or 0 <= self.guidance < math.inf,
-             "must be a finite number >= 0 (0: unconditional, 1: conditional, > 1: guided), or null for the "
-             "model's default"),
+            (
+                "guidance",
+                self.guidance is None or 0 <= self.guidance < math.inf,
+                "must be a finite number >= 0 (0: unconditional, 1: conditional, > 1: guided), or null for the "
+                "model's default",
+            ),
             ("grid_size", self.grid_size >= 0, "must be >= 0 (0: no grid.png)"),
-            ("labels", self.labels is None or (len(self.labels) > 0 and all(_is_int(v) for v in self.labels)),
-             "must be a non-empty list of class ids, e.g. labels=[1,9,2]"),
-            ("compile", isinstance(self.compile, bool) or self.compile in COMPILE_MODES,
-             f"must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})"),
+            (
+                "labels",
+                self.labels is None or (len(self.labels) > 0 and all(_is_int(v) for v in self.labels)),
+                "must be a non-empty list of class ids, e.g. labels=[1,9,2]",
+            ),
+            (
+                "compile",
+                isinstance(self.compile, bool) or self.compile in COMPILE_MODES,
+                f"must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})",
+            ),
         ]
         for key, ok, fix in checks:
             if not ok:
@@ -141,17 +157,22 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
     if Path(ckpt).is_dir():
         raise ConfigError(f"ckpt={ckpt} is a folder: pass a checkpoint file in it (e.g. <run>/checkpoints/last.ckpt)")
     if not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt={ckpt} does not exist: pass an LDM or VAE checkpoint "
-                          "(logs/<stage>/runs/*/checkpoints/*.ckpt), or leave ckpt unset for the latest LDM run")
+        raise ConfigError(
+            f"ckpt={ckpt} does not exist: pass an LDM or VAE checkpoint "
+            "(logs/<stage>/runs/*/checkpoints/*.ckpt), or leave ckpt unset for the latest LDM run"
+        )
     kind = checkpoint_kind(ckpt)
     if kind == "vae":
         if sampler is not None or request.steps is not None or request.eta is not None:
-            raise ConfigError(f"{ckpt} is a VAE: it samples its prior in one decoder pass, so sampler= / steps= / eta= "
-                              "do not apply (they are for LDM checkpoints)")
+            raise ConfigError(
+                f"{ckpt} is a VAE: it samples its prior in one decoder pass, so sampler= / steps= / eta= "
+                "do not apply (they are for LDM checkpoints)"
+            )
         vae = load_vae(ckpt).to(device)
         shape = vae.latent_shape
-        return Source(lambda n, g, y, on_step: vae.decode(torch.randn((n, *shape), generator=g, device=device)),
-                      "vae prior")
+        return Source(
+            lambda n, g, y, on_step: vae.decode(torch.randn((n, *shape), generator=g, device=device)), "vae prior"
+        )
     if kind != "ldm":
         raise CheckpointError(f"{ckpt} is a {kind} checkpoint; sample.py needs an ldm or vae checkpoint")
     model = LatentDiffusionModule.from_checkpoint(ckpt, compile=request.compile).to(device)
@@ -163,8 +184,9 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
     model.sampler = sampler
     guidance = request.guidance
     name = repr(model.sampler) + (f", guidance {guidance}" if guidance is not None else "")
-    return Source(lambda n, g, y, on_step: model.sample(n, generator=g, labels=y, guidance=guidance, on_step=on_step),
-                  name, model)
+    return Source(
+        lambda n, g, y, on_step: model.sample(n, generator=g, labels=y, guidance=guidance, on_step=on_step), name, model
+    )
 
 
 def given_labels(request: Request, num_classes: int | None) -> list[int] | None:
@@ -197,15 +219,33 @@ def batch_labels(given: list[int] | None, num_classes: int | None, first: int, n
     return None
 
 
-def _manifest(ckpt: Path, source: Source, request: Request, device: torch.device, batch_size: int,
-              num_samples: int, given: list[int] | None) -> dict[str, Any]:
+def _manifest(
+    ckpt: Path,
+    source: Source,
+    request: Request,
+    device: torch.device,
+    batch_size: int,
+    num_samples: int,
+    given: list[int] | None,
+) -> dict[str, Any]:
     """Everything the samples depend on: a part made for another manifest is never reused."""
     stat = ckpt.stat()
     labels = given if given is not None else (f"0..{source.num_classes - 1} in turn" if source.num_classes else None)
-    return {"format": 1, "ckpt": str(ckpt.resolve()), "ckpt_size": stat.st_size, "ckpt_mtime_ns": stat.st_mtime_ns,
-            "generator": source.name, "seed": request.seed, "num_samples": num_samples, "batch_size": batch_size,
-            "device": str(device), "bf16": request.bf16 and device.type == "cuda", "compile": request.compile,
-            "guidance": request.guidance, "labels": labels}
+    return {
+        "format": 1,
+        "ckpt": str(ckpt.resolve()),
+        "ckpt_size": stat.st_size,
+        "ckpt_mtime_ns": stat.st_mtime_ns,
+        "generator": source.name,
+        "seed": request.seed,
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "device": str(device),
+        "bf16": request.bf16 and device.type == "cuda",
+        "compile": request.compile,
+        "guidance": request.guidance,
+        "labels": labels,
+    }
 
 
 @torch.no_grad()
@@ -218,7 +258,9 @@ def draw(request: Request, ckpt: str | Path, sampler: Any = None) -> Path:
         lock = FileLock(str(out / ".sampling.lock"), timeout=0)
         lock.acquire()
     except Timeout:
-        raise ConfigError(f"Another sample.py is writing to out={out}: wait for it to finish, or choose another out=") from None
+        raise ConfigError(
+            f"Another sample.py is writing to out={out}: wait for it to finish, or choose another out="
+        ) from None
     except OSError as e:
         raise ConfigError(f"out={out} cannot be used as a folder ({e.strerror or e}): choose another out=") from None
     try:
@@ -258,7 +300,8 @@ def _draw(request: Request, ckpt: str | Path, sampler: Any) -> Path:
                 if not torch.isfinite(images).all():  # one check per batch: NaN would be written as black digits
                     raise NonFiniteError(
                         f"Batch {index} of the samples is NaN/Inf ({source.name}): the checkpoint's weights are broken, "
-                        "or guidance= is far too large; nothing of this batch was written")
+                        "or guidance= is far too large; nothing of this batch was written"
+                    )
                 parts.write(index, to_uint8(images.float()), None if y is None else y.numpy(), generator.get_state())
                 if bar.tasks[0].total is None:  # a VAE prior: one decoder pass per batch, counted as one step
                     bar.update(task, total=len(sizes) - done)
@@ -267,26 +310,50 @@ def _draw(request: Request, ckpt: str | Path, sampler: Any) -> Path:
     except BaseException as stop:
         if not isinstance(stop, Exception):  # a stop signal or Ctrl-C: what is kept, and how to go on
             kept = len(list(parts.folder.glob("part-*.npz")))
-            log.warning("Stopped after %d of %d batches; they are kept in %s and the same command continues",
-                        kept, len(sizes), parts.folder)
+            log.warning(
+                "Stopped after %d of %d batches; they are kept in %s and the same command continues",
+                kept,
+                len(sizes),
+                parts.folder,
+            )
         raise
     seconds = time.perf_counter() - start
     path = parts.write_npz(out / "samples.npz", labelled=source.num_classes is not None)
     _figures(parts, source, request, given, out, generator)
     drawn = sum(sizes[done:])
-    atomic_write_json(out / "sampling.json", {
-        "ckpt": str(ckpt), "generator": source.name, "num_samples": num_samples, "seconds": seconds,
-        "device": str(device), "seed": request.seed, "batch_size": batch_size, "resumed_batches": done})
+    atomic_write_json(
+        out / "sampling.json",
+        {
+            "ckpt": str(ckpt),
+            "generator": source.name,
+            "num_samples": num_samples,
+            "seconds": seconds,
+            "device": str(device),
+            "seed": request.seed,
+            "batch_size": batch_size,
+            "resumed_batches": done,
+        },
+    )
     parts.remove()
-    log.info("%d samples from %s (%s) -> %s (%d drawn in %.2f s, %.0f samples/s)", num_samples, ckpt,
-             source.name, path, drawn, seconds, drawn / max(seconds, 1e-9))
+    log.info(
+        "%d samples from %s (%s) -> %s (%d drawn in %.2f s, %.0f samples/s)",
+        num_samples,
+        ckpt,
+        source.name,
+        path,
+        drawn,
+        seconds,
+        drawn / max(seconds, 1e-9),
+    )
     return path
 
 
 # --- figures ------------------------------------------------------------------------------------
 
-def _figures(parts: Parts, source: Source, request: Request, given: list[int] | None, out: Path,
-             generator: torch.Generator) -> None:
+
+def _figures(
+    parts: Parts, source: Source, request: Request, given: list[int] | None, out: Path, generator: torch.Generator
+) -> None:
     """grid.png from the first parts, and trajectory.png (from the generator's state after the last batch)."""
     hint = f"samples.npz is complete; the batches are kept in {parts.folder} and the same command continues"
     shown = parts.first(request.grid_size) if request.grid_size else None

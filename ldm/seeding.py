@@ -37,6 +37,8 @@ class StepSeed(L.Callback):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # batch_idx too: with gradient accumulation several batches share one global step
         torch.manual_seed(mix_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))

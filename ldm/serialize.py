@@ -73,8 +73,10 @@ def _value(value: Any) -> Any:
 def _resolve(path: str) -> type:
     module_name, _, name = path.rpartition(".")
     if not module_name or module_name.split(".")[0] not in _PACKAGES:
-        raise SpecError(f"refusing to build {path!r}: only classes from {sorted(_PACKAGES)} are built "
-                        "(ldm.serialize.allow_package adds a package)")
+        raise SpecError(
+            f"refusing to build {path!r}: only classes from {sorted(_PACKAGES)} are built "
+            "(ldm.serialize.allow_package adds a package)"
+        )
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as e:
@@ -82,8 +84,10 @@ def _resolve(path: str) -> type:
     if not isinstance(cls, type):
         raise SpecError(f"{path!r} is not a class")
     if cls.__module__.split(".")[0] not in _PACKAGES:  # imported into an ldm module from elsewhere
-        raise SpecError(f"refusing to build {path!r}: it is {cls.__module__}.{cls.__qualname__}, and only classes "
-                        f"defined in {sorted(_PACKAGES)} are built")
+        raise SpecError(
+            f"refusing to build {path!r}: it is {cls.__module__}.{cls.__qualname__}, and only classes "
+            f"defined in {sorted(_PACKAGES)} are built"
+        )
     return cls
 
 

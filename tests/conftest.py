@@ -121,8 +121,11 @@ def make_ldm(first_stage, *, unet=None, objective=None, sampler=None, scale: flo
     module = LatentDiffusionModule(
         unet=unet or UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1),
         objective=objective or DiffusionObjective(NoiseSchedule(linear(100)), EpsilonPrediction()),
-        sampler=sampler or DDIMSampler(num_steps=10), first_stage=first_stage,
-        optimizer=functools.partial(torch.optim.Adam, lr=1e-3), **kwargs)
+        sampler=sampler or DDIMSampler(num_steps=10),
+        first_stage=first_stage,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+        **kwargs,
+    )
     if scale is not None:
         module.first_stage.normalizer.set(scale)
     return module

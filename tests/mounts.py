@@ -1,8 +1,8 @@
 """Real small filesystems for fault tests (tests only): a tmpfs that fills up, or turns read-only.
 
-    with tmpfs(tmp_path / "disk", "16k") as disk:   # skips the test where mounting is not allowed
-        ...
-        remount(disk, "size=1m")                     # free space: the same folder, bigger
+with tmpfs(tmp_path / "disk", "16k") as disk:   # skips the test where mounting is not allowed
+    ...
+    remount(disk, "size=1m")                     # free space: the same folder, bigger
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` bytes (e.g. "16k") mounted on `path`, unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                 capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        )
     except FileNotFoundError:
         pytest.skip("no mount command here")
     if mounted.returncode != 0:

@@ -13,7 +13,7 @@ from conftest import ROOT
 
 def readme_block(title: str) -> str:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index(title):]
+    section = text[text.index(title) :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -21,11 +21,13 @@ def test_the_readme_python_example_runs(tmp_path: Path, mnist_dir: Path, monkeyp
     code = readme_block("### From Python")
     # The one change: small data (320 fake training digits, fewer than the default validation split)
     # and small networks, so that CI's 2 cores run it in seconds.
-    small = {'"model=vae", "debug=fast"': '"model=vae", "debug=fast", "data.val_size=64", "trainer=cpu", '
-                                          '"model.vae.hidden_channels=[8,16,16]"',
-             '"model=ldm", "debug=fast"': '"model=ldm", "debug=fast", "data.images.val_size=64", "trainer=cpu", '
-                                          '"model.unet.base_channels=16", "model.unet.num_res_blocks=1", '
-                                          '"sampler.num_steps=5", "callbacks.images.num_images=4"'}
+    small = {
+        '"model=vae", "debug=fast"': '"model=vae", "debug=fast", "data.val_size=64", "trainer=cpu", '
+        '"model.vae.hidden_channels=[8,16,16]"',
+        '"model=ldm", "debug=fast"': '"model=ldm", "debug=fast", "data.images.val_size=64", "trainer=cpu", '
+        '"model.unet.base_channels=16", "model.unet.num_res_blocks=1", '
+        '"sampler.num_steps=5", "callbacks.images.num_images=4"',
+    }
     for old, new in small.items():
         assert old in code
         code = code.replace(old, new)

@@ -11,10 +11,29 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench.py"
-TOP_KEYS = {"device", "device_name", "cpu_threads", "torch", "lightning", "diffusers", "config", "rows",
-            "ratio_vs_diffusers"}
-ROW_KEYS = {"name", "unit", "throughput", "ms_per_step", "seconds_per_10k", "batch_size", "steps", "params",
-            "peak_mem_mib", "note"}
+TOP_KEYS = {
+    "device",
+    "device_name",
+    "cpu_threads",
+    "torch",
+    "lightning",
+    "diffusers",
+    "config",
+    "rows",
+    "ratio_vs_diffusers",
+}
+ROW_KEYS = {
+    "name",
+    "unit",
+    "throughput",
+    "ms_per_step",
+    "seconds_per_10k",
+    "batch_size",
+    "steps",
+    "params",
+    "peak_mem_mib",
+    "note",
+}
 OUR_ROWS = ["ldm_train", "vae_train", "sample_ddim50", "sample_dpmpp20"]
 
 
@@ -35,8 +54,21 @@ def _positive(value: float | None) -> bool:
 
 def test_quick_profile_reports_every_row(bench, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    argv = ["--quick", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--num-samples", "4",
-            "--num-train", "24", "--out", str(out)]
+    argv = [
+        "--quick",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--num-samples",
+        "4",
+        "--num-train",
+        "24",
+        "--out",
+        str(out),
+    ]
     report = bench.main(argv)
     rows = {row["name"]: row for row in report["rows"]}
     assert list(rows) == OUR_ROWS + ["diffusers_train"]
@@ -64,6 +96,7 @@ def test_quick_profile_reports_every_row(bench, tmp_path: Path) -> None:
 
 def test_missing_diffusers_is_one_row_not_a_crash(bench, monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
+
     def find_spec(name: str, *args):
         return None if name == "diffusers" else real_find_spec(name, *args)
 

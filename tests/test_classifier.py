@@ -62,7 +62,10 @@ def test_random_shift_moves_each_image_by_at_most_max_shift() -> None:
     x[:, :, 14, 10] = 1.0  # one lit pixel per image
     shifted = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
     assert shifted.shape == x.shape and shifted.sum().item() == 64  # moved, never lost (|shift| < border)
-    rows, cols = shifted[:, 0].flatten(1).argmax(1).div(28, rounding_mode="floor"), shifted[:, 0].flatten(1).argmax(1) % 28
+    rows, cols = (
+        shifted[:, 0].flatten(1).argmax(1).div(28, rounding_mode="floor"),
+        shifted[:, 0].flatten(1).argmax(1) % 28,
+    )
     assert (rows - 14).abs().max() <= 2 and (cols - 10).abs().max() <= 2
     assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # each image gets its own shift
     assert random_shift(x, 0) is x
@@ -144,8 +147,15 @@ def test_train_classifier_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
     from ldm.cli.train import train
 
     overrides = [
-        "model=classifier", "debug=fast", "trainer=cpu", "logger=csv", "data.val_size=64", "data.batch_size=32",
-        "model.classifier.width=8", "model.classifier.feature_dim=32", "trainer.max_epochs=2",
+        "model=classifier",
+        "debug=fast",
+        "trainer=cpu",
+        "logger=csv",
+        "data.val_size=64",
+        "data.batch_size=32",
+        "model.classifier.width=8",
+        "model.classifier.feature_dim=32",
+        "trainer.max_epochs=2",
     ]
     cfg = compose_cfg(tmp_path, mnist_dir, overrides)
     assert cfg.task_name == "classifier"

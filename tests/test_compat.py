@@ -32,7 +32,9 @@ def test_fused_adam_still_skips_a_step_when_found_inf_is_set() -> None:
     weight.grad = torch.ones(4)
     optimizer.found_inf = torch.tensor(1.0)
     optimizer.step()
-    assert torch.equal(weight.detach(), torch.ones(4)) and not optimizer.state[weight].get("exp_avg", torch.zeros(1)).any()
+    assert (
+        torch.equal(weight.detach(), torch.ones(4)) and not optimizer.state[weight].get("exp_avg", torch.zeros(1)).any()
+    )
     optimizer.found_inf = torch.tensor(0.0)
     optimizer.step()
     assert not torch.equal(weight.detach(), torch.ones(4))

@@ -52,7 +52,9 @@ def test_config_composes_and_builds(override: str, tmp_path: Path, mnist_dir: Pa
     model = hydra.utils.instantiate(cfg.model)
     hydra.utils.instantiate(cfg.data, **({"first_stage": model.first_stage} if "first_stage" in cfg.data else {}))
     for name, node in (cfg.get("logger") or {}).items():
-        if name == "tensorboard" and not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+        if name == "tensorboard" and not (
+            importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+        ):
             continue  # optional dependency
         hydra.utils.instantiate(node)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
@@ -89,7 +91,9 @@ def test_default_precision_is_bf16_only_on_a_cuda_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert _auto_precision("auto") == _auto_precision("gpu") == "bf16-mixed"
     assert _auto_precision("cpu") == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)  # a V100: emulated only
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )  # a V100: emulated only
     assert _auto_precision("auto") == "32-true"
 
 

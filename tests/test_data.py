@@ -79,7 +79,12 @@ def test_missing_data_names_the_folder_and_files(tmp_path: Path, monkeypatch: py
         dm.prepare_data()
     message = str(err.value)
     assert str((tmp_path / "MNIST" / "raw").resolve()) in message
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         assert name in message
     assert "no network" in message and "LDM_DATA_DIR" in message
     with pytest.raises(DatasetNotFoundError, match="download=false"):

@@ -39,8 +39,13 @@ def _compose(overrides: list[str]):
 
 def _base(tmp_path: Path, mnist_dir: Path) -> list[str]:
     classifier = save_classifier_checkpoint(tmp_path / "classifier.ckpt")
-    return [f"classifier_ckpt={classifier}", f"paths.data_dir={mnist_dir}", "data.val_size=64",
-            f"cache_dir={tmp_path / 'cache'}", "device=cpu"]
+    return [
+        f"classifier_ckpt={classifier}",
+        f"paths.data_dir={mnist_dir}",
+        "data.val_size=64",
+        f"cache_dir={tmp_path / 'cache'}",
+        "device=cpu",
+    ]
 
 
 def test_evaluate_saved_samples_with_labels(tmp_path: Path, mnist_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -63,7 +68,9 @@ def test_evaluate_samples_a_checkpoint_first(tmp_path: Path, mnist_dir: Path) ->
 
     vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
     out = tmp_path / "vae_samples"
-    result = evaluate(_compose([f"ckpt={vae}", "num_samples=20", f"out={out}", "floor=false", *_base(tmp_path, mnist_dir)]))
+    result = evaluate(
+        _compose([f"ckpt={vae}", "num_samples=20", f"out={out}", "floor=false", *_base(tmp_path, mnist_dir)])
+    )
     assert (out / "samples.npz").is_file() and (out / "metrics.json").is_file()
     assert set(result["metrics"]) == KEYS and "floor" not in result
 
@@ -78,15 +85,26 @@ def test_bad_samples_file_is_a_clear_error(tmp_path: Path, mnist_dir: Path) -> N
         evaluate(_compose([f"samples={tmp_path / 'missing.npz'}", *_base(tmp_path, mnist_dir)]))
     np.savez(tmp_path / "ok.npz", images=fake_digits(8, seed=3)[0])
     with pytest.raises(CheckpointError, match=r"\(classifier_ckpt=PATH\)"):
-        evaluate(_compose([f"samples={tmp_path / 'ok.npz'}", *_base(tmp_path, mnist_dir), "classifier_ckpt=null",
-                           f"registry_dir={tmp_path / 'empty'}"]))
+        evaluate(
+            _compose(
+                [
+                    f"samples={tmp_path / 'ok.npz'}",
+                    *_base(tmp_path, mnist_dir),
+                    "classifier_ckpt=null",
+                    f"registry_dir={tmp_path / 'empty'}",
+                ]
+            )
+        )
 
 
-@pytest.mark.parametrize("labels, message", [
-    (np.zeros((50, 1), np.int64), r"shape \(50,\)"),  # used to broadcast into a (50, 50) comparison
-    (np.zeros(1, np.int64), r"shape \(50,\)"),
-    (np.full(50, 10, np.int64), r"class ids in 0\.\.9"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.zeros((50, 1), np.int64), r"shape \(50,\)"),  # used to broadcast into a (50, 50) comparison
+        (np.zeros(1, np.int64), r"shape \(50,\)"),
+        (np.full(50, 10, np.int64), r"class ids in 0\.\.9"),
+    ],
+)
 def test_labels_must_be_one_class_id_per_sample(tmp_path: Path, mnist_dir: Path, labels, message: str) -> None:
     from ldm.cli.evaluate import evaluate
 
@@ -124,8 +142,14 @@ def test_one_line_error_and_exit_status_from_the_command_line(tmp_path: Path) ->
     """The wiring of `python evaluate.py`: real garbage bytes as samples are one log line, exit status 1."""
     (tmp_path / "samples.npz").write_bytes(np.random.default_rng(0).bytes(1000))
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"samples={tmp_path / 'samples.npz'}",
-                           "device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), f"samples={tmp_path / 'samples.npz'}", "device=cpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert "Traceback" not in output and f"samples={tmp_path / 'samples.npz'} is not an .npz" in output

@@ -24,8 +24,17 @@ from ldm.resume import resolve_resume
 
 from conftest import compose_cfg, save_vae_checkpoint
 
-VAE_TINY = ["model=vae", "trainer=cpu", "trainer.max_epochs=2", "data.val_size=64", "data.batch_size=32",
-            "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false"]
+VAE_TINY = [
+    "model=vae",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model.vae.hidden_channels=[8,8,8]",
+    "callbacks.images=null",
+    "callbacks.progress_bar=null",
+    "test=false",
+]
 
 
 def _all_finite(path: Path) -> bool:
@@ -34,9 +43,17 @@ def _all_finite(path: Path) -> bool:
 
 
 def test_nan_loss_stops_before_the_step_and_names_the_last_good_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:
-    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "callbacks.step_checkpoint.every_n_train_steps=4",
-                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[10]",
-                                            "+callbacks.nan.key=image"])
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        [
+            *VAE_TINY,
+            "callbacks.step_checkpoint.every_n_train_steps=4",
+            "+callbacks.nan._target_=faults.NaNBatchAt",
+            "+callbacks.nan.steps=[10]",
+            "+callbacks.nan.key=image",
+        ],
+    )
     with pytest.raises(NonFiniteError, match=r"at step 10 .*Last good checkpoint: .*last\.ckpt") as raised:
         train(cfg)
     assert user_error(raised.value) is raised.value  # train.py prints it as one line, exit code 1
@@ -49,18 +66,35 @@ def test_nan_loss_stops_before_the_step_and_names_the_last_good_checkpoint(tmp_p
 def test_nan_loss_with_skip_drops_those_steps_and_trains_on(fused: bool, tmp_path: Path, mnist_dir: Path) -> None:
     """Unfused: checked on the host each step. Fused (the CUDA default): skipped on the device,
     counted by the host at the epoch end."""
-    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "callbacks.nonfinite.action=skip", f"+model.optimizer.fused={fused}",
-                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[3,5]",
-                                            "+callbacks.nan.key=image"])
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        [
+            *VAE_TINY,
+            "callbacks.nonfinite.action=skip",
+            f"+model.optimizer.fused={fused}",
+            "+callbacks.nan._target_=faults.NaNBatchAt",
+            "+callbacks.nan.steps=[3,5]",
+            "+callbacks.nan.key=image",
+        ],
+    )
     metrics = train(cfg)
     assert metrics["train/nonfinite_skips"] == 2.0
     assert _all_finite(tmp_path / "run" / "checkpoints" / "last.ckpt")
 
 
 def test_fused_stop_is_caught_at_the_next_check_with_the_first_bad_step(tmp_path: Path, mnist_dir: Path) -> None:
-    cfg = compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "+model.optimizer.fused=true",
-                                            "+callbacks.nan._target_=faults.NaNBatchAt", "+callbacks.nan.steps=[10,11]",
-                                            "+callbacks.nan.key=image"])
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        [
+            *VAE_TINY,
+            "+model.optimizer.fused=true",
+            "+callbacks.nan._target_=faults.NaNBatchAt",
+            "+callbacks.nan.steps=[10,11]",
+            "+callbacks.nan.key=image",
+        ],
+    )
     with pytest.raises(NonFiniteError, match=r"at step 10 .*that step was skipped, so the weights are finite"):
         train(cfg)
     assert _all_finite(tmp_path / "run" / "checkpoints" / "last.ckpt")
@@ -116,12 +150,17 @@ def test_a_checkpoint_with_nan_weights_is_never_written() -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["schedule=linear", "schedule.coefficients.beta_end=1.5"],
-         "model.objective.schedule.coefficients: need 0 < beta_start <= beta_end < 1"),
+        (
+            ["schedule=linear", "schedule.coefficients.beta_end=1.5"],
+            "model.objective.schedule.coefficients: need 0 < beta_start <= beta_end < 1",
+        ),
         (["schedule.coefficients.tau=0"], "model.objective.schedule.coefficients: need start < end and tau > 0"),
         (["schedule.coefficients.num_timesteps=0"], "num_timesteps must be a positive int, got 0"),
         (["sampler.num_steps=2000"], "model: num_steps=2000 exceeds the schedule's num_timesteps=1000"),
-        (["conditioning=class", "conditioning.guidance=-1"], "model.conditioning: guidance=-1 must be a finite number >= 0"),
+        (
+            ["conditioning=class", "conditioning.guidance=-1"],
+            "model.conditioning: guidance=-1 must be a finite number >= 0",
+        ),
         (["conditioning=class", "conditioning.p_uncond=1.5"], "conditioning.p_uncond=1.5 must be in [0, 1]"),
         (["model.unet.in_channels=3"], "set model.unet.in_channels=4"),
         (["model.compile=fast"], "model.compile='fast' is not valid"),
@@ -238,7 +277,10 @@ def test_guard_follows_the_restored_optimizer_not_its_constructor() -> None:
         (["train=false", "test=true"], "train=false tests a trained checkpoint: pass ckpt_path=PATH"),
         (["train=false"], "train=false test=false leaves nothing to do"),
         (["trainer.max_epochs=-2"], "trainer: `max_epochs` must be a non-negative integer or -1"),
-        (["data.val_size=320"], "data.val_size=320 must be < 320, the number of train images"),  # after reading the data
+        (
+            ["data.val_size=320"],
+            "data.val_size=320 must be < 320, the number of train images",
+        ),  # after reading the data
         (["trainer.max_epochs=-1"], "model.scheduler needs the run's length"),  # at fit time
     ],
 )

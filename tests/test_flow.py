@@ -39,7 +39,13 @@ def point_velocity(objective: FlowMatching, point: Tensor):
     return network
 
 
-SAMPLERS = [EulerSampler(8), HeunSampler(8), FlowAncestralSampler(8), FlowAncestralSampler(8, eta=0.3), EulerSampler(8, shift=3.0)]
+SAMPLERS = [
+    EulerSampler(8),
+    HeunSampler(8),
+    FlowAncestralSampler(8),
+    FlowAncestralSampler(8, eta=0.3),
+    EulerSampler(8, shift=3.0),
+]
 
 
 def test_path_target_and_estimates_invert_each_other() -> None:
@@ -72,7 +78,9 @@ def test_oracle_has_zero_loss_and_network_sees_scaled_time() -> None:
 
 @pytest.mark.parametrize("distribution", ["uniform", "logit_normal"])
 def test_time_distributions(distribution: str) -> None:
-    t = FlowMatching(time_distribution=distribution).draw_times(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    t = FlowMatching(time_distribution=distribution).draw_times(
+        200_000, torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
     assert 0 < t.min() and t.max() < 1 and abs(t.median() - 0.5) < 0.01
     if distribution == "uniform":
         assert abs(t.std() - (1 / 12) ** 0.5) < 0.002
@@ -110,15 +118,22 @@ def test_euler_step_is_deterministic_ddim_on_the_path() -> None:
 def test_point_oracle_recovers_the_point(sampler) -> None:
     objective = FlowMatching()
     point = torch.randn(1, 2, 3, 3)
-    out = objective.sample(point_velocity(objective, point), sampler, (5, 2, 3, 3), generator=torch.Generator().manual_seed(0))
+    out = objective.sample(
+        point_velocity(objective, point), sampler, (5, 2, 3, 3), generator=torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(out, point.expand(5, -1, -1, -1), atol=1e-4)
 
 
 def _gain_error(sampler) -> float:
     """The exact flow for N(0, STD^2) data is x0 = STD * x_1 (linear): the sampler's gain error."""
     objective = FlowMatching()
-    out, states = objective.sample(gaussian_velocity(objective), sampler, (4, 1), generator=torch.Generator().manual_seed(0),
-                                   return_trajectory=True)
+    out, states = objective.sample(
+        gaussian_velocity(objective),
+        sampler,
+        (4, 1),
+        generator=torch.Generator().manual_seed(0),
+        return_trajectory=True,
+    )
     return abs((out / states[0]).mean().item() - STD)
 
 
@@ -133,8 +148,9 @@ def test_euler_is_first_order_and_heun_second_order() -> None:
 
 def test_ancestral_sampling_converges_to_the_data_distribution() -> None:
     objective = FlowMatching()
-    out = objective.sample(gaussian_velocity(objective), FlowAncestralSampler(200), (20_000, 1),
-                           generator=torch.Generator().manual_seed(0))
+    out = objective.sample(
+        gaussian_velocity(objective), FlowAncestralSampler(200), (20_000, 1), generator=torch.Generator().manual_seed(0)
+    )
     assert abs(out.mean().item()) < 0.02 and out.std().item() == pytest.approx(STD, rel=0.03)
 
 
@@ -142,15 +158,23 @@ def test_ancestral_sampling_converges_to_the_data_distribution() -> None:
 def test_trajectory_and_seeded_reproducibility(sampler) -> None:
     objective = FlowMatching()
     network = gaussian_velocity(objective)
-    a, states = objective.sample(network, sampler, (3, 2, 2), generator=torch.Generator().manual_seed(1), return_trajectory=True)
+    a, states = objective.sample(
+        network, sampler, (3, 2, 2), generator=torch.Generator().manual_seed(1), return_trajectory=True
+    )
     b = objective.sample(network, sampler, (3, 2, 2), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and len(states) == sampler.num_steps + 1 and torch.equal(states[-1], a)
 
 
 def test_bad_values_and_wrong_sampler_family_are_refused() -> None:
-    for bad in (lambda: FlowMatching(time_distribution="beta"), lambda: FlowMatching(scale=0),
-                lambda: EulerSampler(0), lambda: HeunSampler(3, shift=0), lambda: FlowAncestralSampler(eta=2),
-                lambda: EulerSampler(10**11), lambda: EulerSampler(3, shift=float("inf"))):
+    for bad in (
+        lambda: FlowMatching(time_distribution="beta"),
+        lambda: FlowMatching(scale=0),
+        lambda: EulerSampler(0),
+        lambda: HeunSampler(3, shift=0),
+        lambda: FlowAncestralSampler(eta=2),
+        lambda: EulerSampler(10**11),
+        lambda: EulerSampler(3, shift=float("inf")),
+    ):
         with pytest.raises(ValueError):
             bad()
     with pytest.raises(ValueError, match="cannot sample a FlowMatching model"):

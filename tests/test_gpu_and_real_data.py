@@ -1,7 +1,7 @@
 """Checks that need a GPU (`-m gpu`) or the real MNIST files (`-m slow`); skipped cleanly otherwise.
 
-    python -m pytest -m gpu      # bf16 VAE -> LDM end to end on CUDA
-    LDM_DATA_DIR=/path/with/MNIST python -m pytest -m slow
+python -m pytest -m gpu      # bf16 VAE -> LDM end to end on CUDA
+LDM_DATA_DIR=/path/with/MNIST python -m pytest -m slow
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def test_gpu_bf16_vae_then_ldm(tmp_path: Path, mnist_dir: Path) -> None:
     from test_train import LDM_TINY, TINY
 
     gpu = ["trainer=gpu"]  # bf16-mixed
-    vae = train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *[o for o in TINY if o != "trainer=cpu"], *gpu], run="vae_run"))
+    vae = train(
+        compose_cfg(tmp_path, mnist_dir, ["model=vae", *[o for o in TINY if o != "trainer=cpu"], *gpu], run="vae_run")
+    )
     assert torch.isfinite(torch.tensor(vae["val/loss"]))
     ldm = train(compose_cfg(tmp_path, mnist_dir, ["model=ldm", *[o for o in LDM_TINY if o != "trainer=cpu"], *gpu]))
     assert torch.isfinite(torch.tensor(ldm["val/loss"]))

@@ -37,19 +37,29 @@ def test_label_dropout_rate_and_bad_values() -> None:
     kept = dropped != 10
     assert torch.equal(dropped[kept], labels[kept])
     assert (ClassConditioning(p_uncond=0.0).drop_labels(labels) == labels).all()
-    for kwargs, key in (({"p_uncond": 1.5}, "p_uncond"), ({"guidance": -1.0}, "guidance"), ({"num_classes": 0}, "num_classes")):
+    for kwargs, key in (
+        ({"p_uncond": 1.5}, "p_uncond"),
+        ({"guidance": -1.0}, "guidance"),
+        ({"num_classes": 0}, "num_classes"),
+    ):
         with pytest.raises(ValueError, match=key):
             ClassConditioning(**kwargs)
 
 
 def _module(vae_ckpt: Path, conditional: bool = True) -> LatentDiffusionModule:
     torch.manual_seed(0)
-    unet = UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10 if conditional else None)
+    unet = UNet(
+        in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10 if conditional else None
+    )
     with torch.no_grad():  # perturb the zero-initialised layers so labels reach the output
         for p in unet.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    return make_ldm(vae_ckpt, unet=unet, sampler=DDIMSampler(num_steps=5),
-                    conditioning=ClassConditioning(guidance=3.0) if conditional else None).eval()
+    return make_ldm(
+        vae_ckpt,
+        unet=unet,
+        sampler=DDIMSampler(num_steps=5),
+        conditioning=ClassConditioning(guidance=3.0) if conditional else None,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +76,18 @@ def test_guidance_zero_and_one_are_exactly_the_plain_models(vae_ckpt: Path) -> N
         assert torch.equal(module.pipeline().guided_network(y, 0.0)(x, t), net(x, t, null))
         assert torch.equal(module.pipeline().guided_network(y, 1.0)(x, t), net(x, t, y))
         cond, uncond = net(x, t, y), net(x, t, null)
-        torch.testing.assert_close(module.pipeline().guided_network(y, 3.0)(x, t), guide(cond, uncond, 3.0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            module.pipeline().guided_network(y, 3.0)(x, t), guide(cond, uncond, 3.0), rtol=1e-5, atol=1e-5
+        )
         assert not torch.allclose(cond, uncond)  # the label matters
 
 
 @pytest.mark.parametrize("sampler", [DDPMSampler(), DDIMSampler(num_steps=5), DPMSolverPP2M(num_steps=4)])
 def test_every_sampler_takes_labels_and_guidance(vae_ckpt: Path, sampler) -> None:
     module = _module(vae_ckpt)
-    images = module.sample(4, sampler=sampler, labels=torch.tensor([1, 9, 2, 3]), guidance=2.0,
-                           generator=torch.Generator().manual_seed(0))
+    images = module.sample(
+        4, sampler=sampler, labels=torch.tensor([1, 9, 2, 3]), guidance=2.0, generator=torch.Generator().manual_seed(0)
+    )
     assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
 
 
@@ -100,8 +113,17 @@ def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(_module(vae_ckpt))
     trainer.save_checkpoint(tmp_path / "cond.ckpt")
-    run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", 'prompt="one nine two 3 five 0"', "guidance=2",
-                  f"out={tmp_path}", "device=cpu"]))
+    run(
+        _compose(
+            [
+                f"ckpt={tmp_path / 'cond.ckpt'}",
+                'prompt="one nine two 3 five 0"',
+                "guidance=2",
+                f"out={tmp_path}",
+                "device=cpu",
+            ]
+        )
+    )
     data = np.load(tmp_path / "samples.npz")
     assert data["labels"].tolist() == [1, 9, 2, 3, 5, 0] and data["labels"].dtype == np.int64
     assert data["images"].shape == (6, 28, 28)
@@ -113,8 +135,17 @@ def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:
         run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "labels=[1,10]", f"out={tmp_path}"]))
     # A guidance scale so large that the samples overflow: refused, never written as black digits.
     with pytest.raises(NonFiniteError, match="NaN/Inf"):
-        run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "num_samples=4", "guidance=1e300", f"out={tmp_path / 'big'}",
-                      "device=cpu"]))
+        run(
+            _compose(
+                [
+                    f"ckpt={tmp_path / 'cond.ckpt'}",
+                    "num_samples=4",
+                    "guidance=1e300",
+                    f"out={tmp_path / 'big'}",
+                    "device=cpu",
+                ]
+            )
+        )
     assert not (tmp_path / "big" / "samples.npz").exists()
     with pytest.raises(ValueError, match="guidance=inf must be a finite number"):
         run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "guidance=inf", f"out={tmp_path / 'big'}"]))

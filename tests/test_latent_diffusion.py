@@ -32,7 +32,9 @@ from conftest import save_vae_checkpoint
 
 
 def _objective(parameterization=None, schedule=None, weighting=None) -> DiffusionObjective:
-    return DiffusionObjective(schedule or NoiseSchedule(linear(100)), parameterization or EpsilonPrediction(), weighting)
+    return DiffusionObjective(
+        schedule or NoiseSchedule(linear(100)), parameterization or EpsilonPrediction(), weighting
+    )
 
 
 def _module(vae_ckpt: Path, fitted: bool = True, **kwargs) -> LatentDiffusionModule:
@@ -151,14 +153,21 @@ def test_checkpoint_holds_first_stage_ema_and_normalizer(vae_ckpt: Path, tmp_pat
 
 
 def test_from_checkpoint_rebuilds_an_identical_sampler(vae_ckpt: Path, tmp_path: Path) -> None:
-    module = _module(vae_ckpt, objective=_objective(VPrediction(), NoiseSchedule(cosine(100)), MinSNRWeight(3.0)),
-                     sampler=DDIMSampler(num_steps=7, eta=0.5))
+    module = _module(
+        vae_ckpt,
+        objective=_objective(VPrediction(), NoiseSchedule(cosine(100)), MinSNRWeight(3.0)),
+        sampler=DDIMSampler(num_steps=7, eta=0.5),
+    )
     _perturb(module)
     module.first_stage.normalizer.set(0.5)
     _save(module, tmp_path / "ldm.ckpt")
-    for restored in (LatentDiffusionModule.from_checkpoint(tmp_path / "ldm.ckpt"),
-                     LatentDiffusionModule.load_from_checkpoint(tmp_path / "ldm.ckpt").eval()):
-        assert repr(restored.objective) == repr(module.objective) and isinstance(restored.objective.parameterization, VPrediction)
+    for restored in (
+        LatentDiffusionModule.from_checkpoint(tmp_path / "ldm.ckpt"),
+        LatentDiffusionModule.load_from_checkpoint(tmp_path / "ldm.ckpt").eval(),
+    ):
+        assert repr(restored.objective) == repr(module.objective) and isinstance(
+            restored.objective.parameterization, VPrediction
+        )
         assert repr(restored.sampler) == repr(module.sampler)  # the stored default, not a code default
         torch.testing.assert_close(restored.objective.schedule.alpha, module.objective.schedule.alpha, rtol=0, atol=0)
         seed = lambda: torch.Generator().manual_seed(3)  # noqa: E731
@@ -172,15 +181,20 @@ def test_from_checkpoint_rebuilds_an_identical_sampler(vae_ckpt: Path, tmp_path:
 @pytest.mark.parametrize("sampler", [EulerSampler(4), HeunSampler(3, shift=2.0)], ids=repr)
 def test_pixel_space_flow_model_round_trips_through_both_loaders(sampler, tmp_path: Path) -> None:
     module = LatentDiffusionModule(
-        unet=UNet(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1), objective=FlowMatching(),
-        sampler=sampler, first_stage=IdentityFirstStage(channels=1, image_size=28))
+        unet=UNet(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1),
+        objective=FlowMatching(),
+        sampler=sampler,
+        first_stage=IdentityFirstStage(channels=1, image_size=28),
+    )
     module.setup("fit")  # the identity's scale is fixed: nothing to fit
     _perturb(module)
     _save(module, tmp_path / "pixel.ckpt")
     images = module.eval().sample(3, generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
-    for restored in (LatentDiffusionModule.from_checkpoint(tmp_path / "pixel.ckpt"),
-                     LatentDiffusionModule.load_from_checkpoint(tmp_path / "pixel.ckpt").eval()):
+    for restored in (
+        LatentDiffusionModule.from_checkpoint(tmp_path / "pixel.ckpt"),
+        LatentDiffusionModule.load_from_checkpoint(tmp_path / "pixel.ckpt").eval(),
+    ):
         assert isinstance(restored.first_stage, IdentityFirstStage) and repr(restored.sampler) == repr(sampler)
         torch.testing.assert_close(restored.sample(3, generator=torch.Generator().manual_seed(0)), images)
     batch = {"image": torch.rand(4, 1, 28, 28)}
@@ -247,24 +261,46 @@ def test_resuming_or_testing_with_another_recipe_is_refused(vae_ckpt: Path, tmp_
     from ldm.diffusion.guidance import ClassConditioning
 
     unet = lambda: UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10)  # noqa: E731
-    flow = _module(vae_ckpt, unet=unet(), objective=FlowMatching(), sampler=EulerSampler(3), conditioning=ClassConditioning())
+    flow = _module(
+        vae_ckpt, unet=unet(), objective=FlowMatching(), sampler=EulerSampler(3), conditioning=ClassConditioning()
+    )
     _save(flow, tmp_path / "flow.ckpt")
     checkpoint = torch.load(tmp_path / "flow.ckpt", weights_only=True)
-    same = _module(vae_ckpt, unet=unet(), objective=FlowMatching(), sampler=HeunSampler(2),
-                   conditioning=ClassConditioning(guidance=4.0))
+    same = _module(
+        vae_ckpt,
+        unet=unet(),
+        objective=FlowMatching(),
+        sampler=HeunSampler(2),
+        conditioning=ClassConditioning(guidance=4.0),
+    )
     same.on_load_checkpoint(checkpoint)  # another sampler and default guidance: fine
     for other, message in (
-        (dict(objective=_objective(), sampler=DDIMSampler(5), conditioning=ClassConditioning()), "FlowMatching, not the objective"),
-        (dict(objective=FlowMatching(time_distribution="uniform"), sampler=EulerSampler(3), conditioning=ClassConditioning()),
-         "other settings of the objective"),
-        (dict(objective=FlowMatching(), sampler=EulerSampler(3), conditioning=ClassConditioning(p_uncond=0.5)),
-         "other settings of the conditioning"),
+        (
+            dict(objective=_objective(), sampler=DDIMSampler(5), conditioning=ClassConditioning()),
+            "FlowMatching, not the objective",
+        ),
+        (
+            dict(
+                objective=FlowMatching(time_distribution="uniform"),
+                sampler=EulerSampler(3),
+                conditioning=ClassConditioning(),
+            ),
+            "other settings of the objective",
+        ),
+        (
+            dict(objective=FlowMatching(), sampler=EulerSampler(3), conditioning=ClassConditioning(p_uncond=0.5)),
+            "other settings of the conditioning",
+        ),
     ):
         with pytest.raises(CheckpointError, match=message):
             _module(vae_ckpt, unet=unet(), **other).on_load_checkpoint(checkpoint)
-    pixel = LatentDiffusionModule(unet=UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, num_classes=10),
-                                  objective=FlowMatching(), sampler=EulerSampler(3), first_stage=IdentityFirstStage(),
-                                  conditioning=ClassConditioning())
+    pixel = LatentDiffusionModule(
+        unet=UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, num_classes=10),
+        objective=FlowMatching(),
+        sampler=EulerSampler(3),
+        first_stage=IdentityFirstStage(),
+        conditioning=ClassConditioning(),
+    )
     with pytest.raises(CheckpointError, match="AutoencoderKL, not the first_stage"):
         pixel.on_load_checkpoint(checkpoint)
 
@@ -275,10 +311,14 @@ def test_from_checkpoint_refuses_edited_files(vae_ckpt: Path, tmp_path: Path) ->
     for edit, message in (
         (lambda c: c["hyper_parameters"].update(evil=1), "does not take"),
         (lambda c: c["state_dict"]["first_stage.normalizer.scale"].fill_(0.0), "latent scale is missing or invalid"),
-        (lambda c: c["hyper_parameters"].update(sampler={"class": "ldm.diffusion.flow.EulerSampler", "kwargs": {}}),
-         "does not build"),
-        (lambda c: c["hyper_parameters"].update(sampler={"class": "ldm.data.mnist.MNIST", "kwargs": {"root": "x"}}),
-         "only classes defined in"),
+        (
+            lambda c: c["hyper_parameters"].update(sampler={"class": "ldm.diffusion.flow.EulerSampler", "kwargs": {}}),
+            "does not build",
+        ),
+        (
+            lambda c: c["hyper_parameters"].update(sampler={"class": "ldm.data.mnist.MNIST", "kwargs": {"root": "x"}}),
+            "only classes defined in",
+        ),
     ):
         checkpoint = torch.load(tmp_path / "ok.ckpt", weights_only=True)
         edit(checkpoint)

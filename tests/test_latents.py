@@ -73,7 +73,9 @@ def test_rebuilt_when_truncated_or_corrupt(mnist_dir: Path, vae_ckpt: Path, tmp_
     assert not _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache").encoded
 
 
-def test_zeroed_bytes_inside_the_tensors_are_caught_and_rebuilt(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, caplog) -> None:
+def test_zeroed_bytes_inside_the_tensors_are_caught_and_rebuilt(
+    mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, caplog
+) -> None:
     """16 KiB zeroed in the middle of the file: torch.load reads it without complaint (the zip
     entries are stored, not checksummed on load), so only the payload's sha256 tells."""
     good = _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")
@@ -106,7 +108,9 @@ def test_a_valid_cache_in_a_read_only_folder_is_used(mnist_dir: Path, vae_ckpt: 
         _datamodule(mnist_dir, save_vae_checkpoint(tmp_path / "other.ckpt", seed=3), folder / "cache")
 
 
-def test_the_first_stage_gets_the_latent_scale_and_latents_are_resampled(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path) -> None:
+def test_the_first_stage_gets_the_latent_scale_and_latents_are_resampled(
+    mnist_dir: Path, vae_ckpt: Path, tmp_path: Path
+) -> None:
     from ldm.checkpoints import load_first_stage
 
     first_stage = load_first_stage(vae_ckpt)  # as train.py hands the model's own to the data module
@@ -151,7 +155,9 @@ def test_two_processes_building_the_same_cache_encode_once(mnist_dir: Path, vae_
     assert not list((tmp_path / "cache").glob(".*.tmp"))  # no temp file left behind
 
 
-def test_setup_after_prepare_data_reads_the_cache_once(mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+def test_setup_after_prepare_data_reads_the_cache_once(
+    mnist_dir: Path, vae_ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
     _datamodule(mnist_dir, vae_ckpt, tmp_path / "cache")  # builds it
     reads = []
     real = latents_module.read_cache

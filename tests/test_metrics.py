@@ -167,7 +167,9 @@ def test_conditional_accuracy(extractor: ClassifierFeatures) -> None:
         conditional_accuracy(images, predicted[:, None], extractor)
 
 
-def test_reference_features_are_cached_per_classifier_and_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reference_features_are_cached_per_classifier_and_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     classifier = MNISTClassifier(width=8, feature_dim=16).eval()
     extractor = ClassifierFeatures(classifier)

@@ -10,7 +10,9 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))
-CSV = "epoch,step,train/loss_step,train/loss_epoch,val/loss,val/fid\n0,9,1.0,,,\n0,10,,0.9,0.8,12.0\n1,20,,0.6,0.5,6.0\n"
+CSV = (
+    "epoch,step,train/loss_step,train/loss_epoch,val/loss,val/fid\n0,9,1.0,,,\n0,10,,0.9,0.8,12.0\n1,20,,0.6,0.5,6.0\n"
+)
 
 
 def test_plots_a_sweep_and_reads_each_series(tmp_path: Path) -> None:

@@ -17,7 +17,11 @@ from conftest import compose_cfg
 
 def test_metrics_are_read_every_n_steps_while_training(monkeypatch: pytest.MonkeyPatch) -> None:
     reads = []
-    monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, trainer, module: reads.append(trainer.global_step) or {"step": trainer.global_step})
+    monkeypatch.setattr(
+        RichProgressBar,
+        "get_metrics",
+        lambda self, trainer, module: reads.append(trainer.global_step) or {"step": trainer.global_step},
+    )
 
     class Trainer:
         training, global_step, callback_metrics = True, 0, {}
@@ -36,9 +40,9 @@ def test_metrics_are_read_every_n_steps_while_training(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("stage", ["vae", pytest.param("ldm", marks=pytest.mark.slow)])
-def test_one_hundred_training_steps_read_the_device_rarely(tmp_path: Path, mnist_dir: Path, stage: str,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_one_hundred_training_steps_read_the_device_rarely(
+    tmp_path: Path, mnist_dir: Path, stage: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Every `Tensor.item` is a host sync on a GPU. 100 steps of the real training loop with the
     default callbacks and bar may read the device a few times per epoch and every n steps, not after
     every step (with step metrics on the bar, Lightning reads each after every batch: >= 100 reads)."""
@@ -48,10 +52,18 @@ def test_one_hundred_training_steps_read_the_device_rarely(tmp_path: Path, mnist
 
     if stage == "ldm":
         train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1"], run="vae"))
-    overrides = [f"model={stage}", *(TINY if stage == "vae" else LDM_TINY), "data.batch_size=16", "test=false",
-                 "trainer.max_epochs=-1", "+trainer.max_steps=100", "trainer.limit_train_batches=null",
-                 "trainer.limit_val_batches=0", "callbacks.images=null",
-                 "trainer.log_every_n_steps=50"]  # the default cadence (debug=fast logs every step)
+    overrides = [
+        f"model={stage}",
+        *(TINY if stage == "vae" else LDM_TINY),
+        "data.batch_size=16",
+        "test=false",
+        "trainer.max_epochs=-1",
+        "+trainer.max_steps=100",
+        "trainer.limit_train_batches=null",
+        "trainer.limit_val_batches=0",
+        "callbacks.images=null",
+        "trainer.log_every_n_steps=50",
+    ]  # the default cadence (debug=fast logs every step)
     cfg = compose_cfg(tmp_path, mnist_dir, overrides)
     reads = []
     item = torch.Tensor.item
@@ -67,8 +79,9 @@ def test_one_hundred_training_steps_read_the_device_rarely(tmp_path: Path, mnist
         train(cfg)
     monkeypatch.undo()
     # The CPU estimate, measured over steps 5..25 of this very run: 75 of 100 steps left.
-    assert re.search(r"No GPU: [0-9.]+ training steps/s on the CPU; the remaining 75 of 100 steps take about \d+ min",
-                     caplog.text), caplog.text[-2000:]
+    assert re.search(
+        r"No GPU: [0-9.]+ training steps/s on the CPU; the remaining 75 of 100 steps take about \d+ min", caplog.text
+    ), caplog.text[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     print(f"{stage}: {len(reads)} host reads in 100 steps")
     # Measured: VAE 50 (4 metrics x 6 epoch ends, 2 logger flushes), LDM 23; reading every step is >= 100.

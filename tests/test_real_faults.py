@@ -26,8 +26,17 @@ from ldm.io import WriteError
 
 from conftest import ROOT, compose_cfg, save_vae_checkpoint
 
-VAE_TINY = ["model=vae", "trainer=cpu", "trainer.max_epochs=2", "data.val_size=64", "data.batch_size=32",
-            "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false"]
+VAE_TINY = [
+    "model=vae",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model.vae.hidden_channels=[8,8,8]",
+    "callbacks.images=null",
+    "callbacks.progress_bar=null",
+    "test=false",
+]
 # 256 train images / 32 = 8 steps per epoch
 
 
@@ -91,8 +100,14 @@ def test_sigterm_while_writing_removes_the_partial_file(tmp_path: Path) -> None:
 def test_sigint_to_a_training_process_saves_the_step_and_exits_130(tmp_path: Path, mnist_dir: Path) -> None:
     """Ctrl-C from outside, as a user at a terminal would: the step finishes, last.ckpt holds it,
     one line says how to resume, exit status 130; the resumed run finishes."""
-    args = [sys.executable, str(ROOT / "train.py"), *VAE_TINY, "trainer.max_epochs=1000", f"paths.root_dir={tmp_path}",
-            "callbacks.step_checkpoint.every_n_train_steps=4"]
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *VAE_TINY,
+        "trainer.max_epochs=1000",
+        f"paths.root_dir={tmp_path}",
+        "callbacks.step_checkpoint.every_n_train_steps=4",
+    ]
     process = subprocess.Popen(args, env=_env(mnist_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("logs/vae/runs/*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
@@ -104,14 +119,20 @@ def test_sigint_to_a_training_process_saves_the_step_and_exits_130(tmp_path: Pat
     (last,) = tmp_path.glob("logs/vae/runs/*/checkpoints/last.ckpt")
     step = torch.load(last, weights_only=True)["global_step"]
     assert step >= 4 and f"Stopped by SIGINT at step {step}; {last} holds that step" in output, output[-2000:]
-    resumed = subprocess.run([*args[:-2], "trainer.max_epochs=2", "ckpt_path=last", f"paths.root_dir={tmp_path}"],
-                             env=_env(mnist_dir), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*args[:-2], "trainer.max_epochs=2", "ckpt_path=last", f"paths.root_dir={tmp_path}"],
+        env=_env(mnist_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if step < 16:
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert torch.load(last, weights_only=True)["global_step"] == 16
 
 
 # --- a full disk -------------------------------------------------------------------------------
+
 
 def _latents(mnist_dir: Path, vae: Path, cache_dir: Path) -> LatentDataModule:
     dm = LatentDataModule(MNISTDataModule(data_dir=mnist_dir, val_size=64), vae, cache_dir)
@@ -138,8 +159,16 @@ def test_full_disk_during_training_is_one_line_and_loses_only_the_steps_since_th
 ) -> None:
     disk = small_fs("4m")
     overrides = [*VAE_TINY, "callbacks.step_checkpoint.every_n_train_steps=4"]
-    cfg = compose_cfg(tmp_path, mnist_dir, [*overrides, "+callbacks.fill._target_=faults.FillDiskAt",
-                                            "+callbacks.fill.step=5", f"+callbacks.fill.folder={disk}"])
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        [
+            *overrides,
+            "+callbacks.fill._target_=faults.FillDiskAt",
+            "+callbacks.fill.step=5",
+            f"+callbacks.fill.folder={disk}",
+        ],
+    )
     cfg.paths.output_dir = str(disk / "run")
     with pytest.raises(WriteError) as raised:
         train(cfg)
@@ -156,22 +185,37 @@ def test_full_disk_during_training_is_one_line_and_loses_only_the_steps_since_th
 
 # --- races -------------------------------------------------------------------------------------
 
+
 def test_two_runs_started_together_get_their_own_folders(tmp_path: Path, mnist_dir: Path) -> None:
     """Both ask for the same folder name (as two runs started in the same second do): each claims
     its own, and each folder holds that run's config and metrics only."""
     base = tmp_path / "logs" / "vae" / "runs" / "same-second"
     processes = [
-        subprocess.Popen([sys.executable, str(ROOT / "train.py"), *VAE_TINY, "trainer.max_epochs=1", f"seed={seed}",
-                          f"paths.root_dir={tmp_path}", f"hydra.run.dir=${{unique_dir:{base}}}"],
-                         env=_env(mnist_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *VAE_TINY,
+                "trainer.max_epochs=1",
+                f"seed={seed}",
+                f"paths.root_dir={tmp_path}",
+                f"hydra.run.dir=${{unique_dir:{base}}}",
+            ],
+            env=_env(mnist_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for seed in (1, 2)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     folders = sorted(base.parent.iterdir())
     assert [f.name for f in folders] == ["same-second", "same-second_1"]
-    seeds = sorted(int(next(line for line in (f / "config.yaml").read_text().splitlines() if line.startswith("seed:"))[5:])
-                   for f in folders)
+    seeds = sorted(
+        int(next(line for line in (f / "config.yaml").read_text().splitlines() if line.startswith("seed:"))[5:])
+        for f in folders
+    )
     assert seeds == [1, 2]
     for folder in folders:
         assert len(_rows(folder / "csv" / "metrics.csv")) >= 2 and (folder / "checkpoints" / "last.ckpt").is_file()
@@ -180,8 +224,20 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path: Path, mnist_d
 
 def test_a_failing_multirun_job_does_not_stop_the_sweep(tmp_path: Path, mnist_dir: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", *VAE_TINY, "trainer.max_epochs=1", "data.batch_size=0,32",
-         f"paths.root_dir={tmp_path}"], env=_env(mnist_dir), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            *VAE_TINY,
+            "trainer.max_epochs=1",
+            "data.batch_size=0,32",
+            f"paths.root_dir={tmp_path}",
+        ],
+        env=_env(mnist_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "1 multirun job(s) failed" in output and "#0 (" in output and "data.batch_size=0 must be >= 1" in output
@@ -192,6 +248,7 @@ def test_a_failing_multirun_job_does_not_stop_the_sweep(tmp_path: Path, mnist_di
 
 
 # --- resumes that go wrong ----------------------------------------------------------------------
+
 
 def test_resume_keeps_the_metrics_history_even_when_the_resume_fails(tmp_path: Path, mnist_dir: Path) -> None:
     tiny = [*VAE_TINY, "trainer.log_every_n_steps=1"]
@@ -204,7 +261,11 @@ def test_resume_keeps_the_metrics_history_even_when_the_resume_fails(tmp_path: P
 
     # A resume that fails (the model changed size): history and records untouched.
     with pytest.raises(Exception) as raised:
-        train(compose_cfg(tmp_path, mnist_dir, [*tiny, f"ckpt_path={last}", "model.vae.hidden_channels=[16,16,16]"], run="x"))
+        train(
+            compose_cfg(
+                tmp_path, mnist_dir, [*tiny, f"ckpt_path={last}", "model.vae.hidden_channels=[16,16,16]"], run="x"
+            )
+        )
     assert "do not fit this model" in str(user_error(raised.value))
     assert _rows(run / "csv" / "metrics.csv") == before
 
@@ -216,7 +277,9 @@ def test_resume_keeps_the_metrics_history_even_when_the_resume_fails(tmp_path: P
     assert not (tmp_path / "x").exists()
 
 
-def test_a_resume_target_of_another_stage_is_refused_before_anything_is_touched(tmp_path: Path, mnist_dir: Path) -> None:
+def test_a_resume_target_of_another_stage_is_refused_before_anything_is_touched(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
     train(compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "trainer.max_epochs=1"], run="vae_run"))
     vae_run = tmp_path / "vae_run"
     before = _snapshot(vae_run)
@@ -234,10 +297,22 @@ def test_ldm_resume_keeps_the_vae_it_was_trained_on(tmp_path: Path, mnist_dir: P
     registry = tmp_path / "logs" / "latest"
     a, b = save_vae_checkpoint(tmp_path / "a.ckpt", seed=0), save_vae_checkpoint(tmp_path / "b.ckpt", seed=1)
     record_latest(registry, "vae", a)
-    ldm = ["model=ldm", "trainer=cpu", "trainer.max_epochs=1", "data.batch_size=64", "data.images.val_size=64",
-           "model.unet.base_channels=8", "model.unet.channel_mults=[1]", "model.unet.num_res_blocks=1",
-           "model.unet.attention=false", "sampler.num_steps=2", "callbacks.images=null", "callbacks.progress_bar=null",
-           "callbacks.sample_quality=null", "test=false"]
+    ldm = [
+        "model=ldm",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "data.batch_size=64",
+        "data.images.val_size=64",
+        "model.unet.base_channels=8",
+        "model.unet.channel_mults=[1]",
+        "model.unet.num_res_blocks=1",
+        "model.unet.attention=false",
+        "sampler.num_steps=2",
+        "callbacks.images=null",
+        "callbacks.progress_bar=null",
+        "callbacks.sample_quality=null",
+        "test=false",
+    ]
     train(compose_cfg(tmp_path, mnist_dir, ldm))
     record_latest(registry, "vae", b)  # a newer VAE: what model=ldm would pick for a new run
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -246,8 +321,11 @@ def test_ldm_resume_keeps_the_vae_it_was_trained_on(tmp_path: Path, mnist_dir: P
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 8  # 256 latents / 64, two epochs
     vae_a = load_vae(a).state_dict()
-    assert all(torch.equal(checkpoint["state_dict"][f"first_stage.{k}"], v) for k, v in vae_a.items()
-               if not k.startswith("normalizer."))
+    assert all(
+        torch.equal(checkpoint["state_dict"][f"first_stage.{k}"], v)
+        for k, v in vae_a.items()
+        if not k.startswith("normalizer.")
+    )
     model = LatentDiffusionModule.from_checkpoint(last)
     assert checkpoint["ldm"]["first_stage_sha256"] == model.first_stage_sha256
     assert len(list((tmp_path / ".cache" / "ldm").glob("latents-*.pt"))) == 1  # A's latents, never B's
@@ -262,8 +340,9 @@ def test_train_false_tests_the_given_checkpoint(tmp_path: Path, mnist_dir: Path)
     first = train(compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "trainer.max_epochs=1", "test=true"]))
     best = find_latest(tmp_path / "logs" / "latest", "vae")
     registry = (tmp_path / "logs" / "latest" / "vae.json").read_bytes()
-    tested = train(compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "train=false", "test=true", f"ckpt_path={best}"],
-                               run="test_only"))
+    tested = train(
+        compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, "train=false", "test=true", f"ckpt_path={best}"], run="test_only")
+    )
     assert tested["test/loss"] == pytest.approx(first["test/loss"], rel=1e-6)
     assert (tmp_path / "logs" / "latest" / "vae.json").read_bytes() == registry  # a test is not a new best
     assert not (tmp_path / "test_only" / "checkpoints").exists()
@@ -273,14 +352,24 @@ def test_a_run_refused_in_another_runs_folder_changes_none_of_its_files(tmp_path
     """`hydra.run.dir=<a finished run>` without ckpt_path: one line, exit 1, and every file of that
     run is still there as it was (Hydra's records of each launch go to .hydra/<time>/, its log is appended to)."""
     run = tmp_path / "logs" / "vae" / "runs" / "finished"  # what a finished run leaves
-    for name, content in {"checkpoints/last.ckpt": b"its weights", "config.yaml": b"seed: 0\n", "train.log": b"[...]\n",
-                          "csv/metrics.csv": b"epoch,step\n0,7\n", "csv/hparams.yaml": b"seed: 0\n",
-                          ".hydra/2026-01-01_00-00-00/config.yaml": b"seed: 0\n"}.items():
+    for name, content in {
+        "checkpoints/last.ckpt": b"its weights",
+        "config.yaml": b"seed: 0\n",
+        "train.log": b"[...]\n",
+        "csv/metrics.csv": b"epoch,step\n0,7\n",
+        "csv/hparams.yaml": b"seed: 0\n",
+        ".hydra/2026-01-01_00-00-00/config.yaml": b"seed: 0\n",
+    }.items():
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_bytes(content)
     before = _snapshot(run)
-    second = subprocess.run([sys.executable, str(ROOT / "train.py"), *VAE_TINY, f"paths.root_dir={tmp_path}",
-                             f"hydra.run.dir={run}"], env=_env(mnist_dir), capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *VAE_TINY, f"paths.root_dir={tmp_path}", f"hydra.run.dir={run}"],
+        env=_env(mnist_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = second.stdout + second.stderr
     assert second.returncode == 1 and "already holds another run's checkpoints" in output and "Traceback" not in output
     after = _snapshot(run)
@@ -309,7 +398,9 @@ def test_the_same_run_resumed_twice_at_once_is_refused(tmp_path: Path, mnist_dir
     holder = hold_lock(run / ".run.lock")
     try:
         with pytest.raises(Exception) as raised:
-            train(compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run="x"))
+            train(
+                compose_cfg(tmp_path, mnist_dir, [*VAE_TINY, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run="x")
+            )
         assert "is in use by another training process" in str(user_error(raised.value))
         assert _snapshot(run) == before
     finally:

@@ -14,21 +14,40 @@ import torch
 from conftest import ROOT, save_vae_checkpoint
 
 RUN = [
-    "model=ldm", "conditioning=class", "trainer=cpu", "trainer.deterministic=true", "trainer.max_epochs=2",
-    "+trainer.limit_val_batches=1", "data.batch_size=32", "data.images.val_size=64",
-    "model.unet.base_channels=8", "model.unet.channel_mults=[1]", "model.unet.num_res_blocks=1",
-    "model.unet.attention=false", "model.scheduler.warmup_steps=4", "sampler.num_steps=2",
-    "callbacks.images=null", "callbacks.progress_bar=null", "callbacks.sample_quality=null",
-    "callbacks.step_checkpoint.every_n_train_steps=3", "test=false",
+    "model=ldm",
+    "conditioning=class",
+    "trainer=cpu",
+    "trainer.deterministic=true",
+    "trainer.max_epochs=2",
+    "+trainer.limit_val_batches=1",
+    "data.batch_size=32",
+    "data.images.val_size=64",
+    "model.unet.base_channels=8",
+    "model.unet.channel_mults=[1]",
+    "model.unet.num_res_blocks=1",
+    "model.unet.attention=false",
+    "model.scheduler.warmup_steps=4",
+    "sampler.num_steps=2",
+    "callbacks.images=null",
+    "callbacks.progress_bar=null",
+    "callbacks.sample_quality=null",
+    "callbacks.step_checkpoint.every_n_train_steps=3",
+    "test=false",
 ]  # 256 train images / 32 = 8 steps per epoch; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, ...
 
 
 # The same run for flow matching in pixel space (no VAE): 8x28x28 digits make the same 8 steps per epoch.
-PIXEL_FLOW = ["objective=flow", "first_stage=pixel", "data.val_size=64",
-              *[o for o in RUN if not o.startswith("data.images.")]]
+PIXEL_FLOW = [
+    "objective=flow",
+    "first_stage=pixel",
+    "data.val_size=64",
+    *[o for o in RUN if not o.startswith("data.images.")],
+]
 
 
-def _train(root: Path, vae: Path | None, mnist_dir: Path, *extra: str, run: list[str] = RUN) -> subprocess.CompletedProcess:
+def _train(
+    root: Path, vae: Path | None, mnist_dir: Path, *extra: str, run: list[str] = RUN
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(ROOT / "tests")}
     first_stage = [f"vae_ckpt={vae}"] if vae is not None else []
     cmd = [sys.executable, str(ROOT / "train.py"), *run, *first_stage, f"paths.root_dir={root}", *extra]
@@ -81,8 +100,9 @@ def test_flow_matching_in_pixel_space_resumes_exactly(tmp_path: Path, mnist_dir:
     straight = _train(tmp_path / "straight", None, mnist_dir, run=PIXEL_FLOW)
     assert straight.returncode == 0, straight.stderr[-3000:]
     root = tmp_path / "stopped"
-    stopped = _train(root, None, mnist_dir, "+callbacks.kill._target_=faults.SignalAtStep", "+callbacks.kill.step=11",
-                     run=PIXEL_FLOW)
+    stopped = _train(
+        root, None, mnist_dir, "+callbacks.kill._target_=faults.SignalAtStep", "+callbacks.kill.step=11", run=PIXEL_FLOW
+    )
     assert stopped.returncode == 128 + 15, stopped.stderr[-3000:]
     resumed = _train(root, None, mnist_dir, "ckpt_path=last", run=PIXEL_FLOW)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -98,10 +118,23 @@ def test_last_checkpoint_is_the_final_state_even_when_the_best_is_older(tmp_path
 
     from conftest import compose_cfg
 
-    cfg = compose_cfg(tmp_path, mnist_dir, [
-        "model=vae", "trainer=cpu", "trainer.max_epochs=3", "data.val_size=64", "data.batch_size=32",
-        "model.vae.hidden_channels=[8,8,8]", "callbacks.images=null", "callbacks.progress_bar=null", "test=false",
-        "callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=min"])
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        [
+            "model=vae",
+            "trainer=cpu",
+            "trainer.max_epochs=3",
+            "data.val_size=64",
+            "data.batch_size=32",
+            "model.vae.hidden_channels=[8,8,8]",
+            "callbacks.images=null",
+            "callbacks.progress_bar=null",
+            "test=false",
+            "callbacks.model_checkpoint.monitor=step",
+            "callbacks.model_checkpoint.mode=min",
+        ],
+    )
     train(cfg)
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["epoch000.ckpt", "last.ckpt"]

@@ -48,10 +48,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"vae": vae, "ldm": root / "ldm.ckpt", "root": root}
 
 
-@pytest.mark.parametrize("kind, extra, steps", [("ldm", ["sampler=ddim", "steps=5"], "15/15"),
-                                               ("ldm", ["sampler=dpmpp", "steps=4"], "12/12"), ("vae", [], "3/3")])
-def test_sample_writes_grid_and_npz(checkpoints, tmp_path: Path, kind: str, extra: list[str], steps: str,
-                                    capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "kind, extra, steps",
+    [("ldm", ["sampler=ddim", "steps=5"], "15/15"), ("ldm", ["sampler=dpmpp", "steps=4"], "12/12"), ("vae", [], "3/3")],
+)
+def test_sample_writes_grid_and_npz(
+    checkpoints, tmp_path: Path, kind: str, extra: list[str], steps: str, capsys: pytest.CaptureFixture
+) -> None:
     from ldm.cli.sample import run
 
     out = tmp_path / "out"
@@ -71,8 +74,16 @@ def test_defaults_to_the_latest_ldm_and_draws_a_trajectory(checkpoints, tmp_path
     from ldm.cli.sample import run
 
     record_latest(tmp_path / "registry", "ldm", checkpoints["ldm"])
-    cfg = _compose([f"registry_dir={tmp_path / 'registry'}", "num_samples=2", f"out={tmp_path}", "device=cpu",
-                    "trajectory=true", "steps=5"])
+    cfg = _compose(
+        [
+            f"registry_dir={tmp_path / 'registry'}",
+            "num_samples=2",
+            f"out={tmp_path}",
+            "device=cpu",
+            "trajectory=true",
+            "steps=5",
+        ]
+    )
     run(cfg)
     assert (tmp_path / "trajectory.png").is_file()
 
@@ -92,17 +103,39 @@ def test_wrong_checkpoint_kind_and_bad_values(checkpoints, tmp_path: Path) -> No
 
 def _cli(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "sample.py"), *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **popen,
+    )
 
 
-@pytest.mark.parametrize("override, key", [
-    ("num_samples=0", "num_samples"), ("seed=abc", "seed"), ("seed=-1", "seed"), ("batch_size=0", "batch_size"),
-    ("labels=[1.7,2.9]", "labels"),  # was truncated to [1, 2]
-    ("labels=[]", "labels"), ("bf16=1", "bf16"), ("trajectory=yes", "trajectory"), ("grid_size=-1", "grid_size"),
-    ("guidance=-1", "guidance"), ("compile=fast", "compile"), ("device=gpu0", "device"), ("steps=500", "steps"),
-    ("steps=2.5", "steps"), ("eta=-1", "eta"), ("ckpt=missing.ckpt", "ckpt"), ("out=[a]", "out"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("num_samples=0", "num_samples"),
+        ("seed=abc", "seed"),
+        ("seed=-1", "seed"),
+        ("batch_size=0", "batch_size"),
+        ("labels=[1.7,2.9]", "labels"),  # was truncated to [1, 2]
+        ("labels=[]", "labels"),
+        ("bf16=1", "bf16"),
+        ("trajectory=yes", "trajectory"),
+        ("grid_size=-1", "grid_size"),
+        ("guidance=-1", "guidance"),
+        ("compile=fast", "compile"),
+        ("device=gpu0", "device"),
+        ("steps=500", "steps"),
+        ("steps=2.5", "steps"),
+        ("eta=-1", "eta"),
+        ("ckpt=missing.ckpt", "ckpt"),
+        ("out=[a]", "out"),
+    ],
+)
 def test_bad_values_are_config_errors_naming_the_key(checkpoints, tmp_path: Path, override: str, key: str) -> None:
     from ldm.cli.handler import user_error
     from ldm.cli.sample import run
@@ -137,13 +170,21 @@ def test_each_batch_is_on_disk_before_the_next_is_drawn(checkpoints, tmp_path: P
     from ldm.cli.sample import run
 
     on_disk, write = [], sampling.Parts.write
-    monkeypatch.setattr(sampling.Parts, "write", lambda self, i, *a: on_disk.append(
-        len(list(self.folder.glob("part-*.npz")))) or write(self, i, *a))
+    monkeypatch.setattr(
+        sampling.Parts,
+        "write",
+        lambda self, i, *a: on_disk.append(len(list(self.folder.glob("part-*.npz")))) or write(self, i, *a),
+    )
     out = tmp_path / "out"
-    run(_compose([f"ckpt={checkpoints['ldm']}", "num_samples=7", "batch_size=3", f"out={out}", "device=cpu", "steps=2"]))
+    run(
+        _compose([f"ckpt={checkpoints['ldm']}", "num_samples=7", "batch_size=3", f"out={out}", "device=cpu", "steps=2"])
+    )
     assert on_disk == [0, 1, 2] and not (out / ".parts").exists()
     assert sampling.batch_labels(None, 10, 12, 4).tolist() == [2, 3, 4, 5]
-    assert sampling.batch_labels([1, 9, 2], 10, 1, 5).tolist() == [9, 2] and sampling.batch_labels(None, None, 0, 3) is None
+    assert (
+        sampling.batch_labels([1, 9, 2], 10, 1, 5).tolist() == [9, 2]
+        and sampling.batch_labels(None, None, 0, 3) is None
+    )
 
 
 def test_sigterm_mid_run_then_the_same_command_continues(checkpoints, tmp_path: Path, caplog) -> None:
@@ -210,7 +251,9 @@ def test_sampler_options_on_a_vae_checkpoint_are_refused(checkpoints, tmp_path: 
 
     for extra in (["steps=3"], ["sampler=ddim"], ["eta=0"]):
         with pytest.raises(ConfigError, match="is a VAE: it samples its prior in one decoder pass"):
-            run(_compose([f"ckpt={checkpoints['vae']}", "num_samples=2", f"out={tmp_path / 'o'}", "device=cpu", *extra]))
+            run(
+                _compose([f"ckpt={checkpoints['vae']}", "num_samples=2", f"out={tmp_path / 'o'}", "device=cpu", *extra])
+            )
 
 
 def test_a_second_sampler_on_the_same_out_folder_is_refused(checkpoints, tmp_path: Path) -> None:
@@ -232,8 +275,12 @@ def test_a_second_sampler_on_the_same_out_folder_is_refused(checkpoints, tmp_pat
     assert not (out / "samples.npz").exists() and not (out / ".parts").exists()
 
 
-@pytest.mark.parametrize("damage, message", [("shape", "do not fit the model it records"), ("nan", "holds NaN/Inf weights")])
-def test_damaged_or_nan_weights_are_one_line_not_black_samples(checkpoints, tmp_path: Path, damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message", [("shape", "do not fit the model it records"), ("nan", "holds NaN/Inf weights")]
+)
+def test_damaged_or_nan_weights_are_one_line_not_black_samples(
+    checkpoints, tmp_path: Path, damage: str, message: str
+) -> None:
     from ldm.cli.sample import run
 
     checkpoint = torch.load(checkpoints["ldm"], weights_only=True)

@@ -33,6 +33,7 @@ def _id(value: object) -> str:
     """Readable, address-free test ids for functions and sampler objects."""
     return getattr(value, "__name__", repr(value))
 
+
 SCHEDULES = {"linear": linear, "cosine": cosine, "interpolation": interpolation}
 DATA_STD = 0.5
 
@@ -78,9 +79,7 @@ def all_samplers() -> list[Sampler]:
 
 # ----------------------------------------------------------------------------- timesteps
 @pytest.mark.parametrize("spacing", SPACINGS)
-@pytest.mark.parametrize(
-    ("T", "N"), [(1000, 1), (1000, 10), (1000, 50), (1000, 999), (1000, 1000), (7, 3), (10, 7)]
-)
+@pytest.mark.parametrize(("T", "N"), [(1000, 1), (1000, 10), (1000, 50), (1000, 999), (1000, 1000), (7, 3), (10, 7)])
 def test_timesteps_properties(spacing: str, T: int, N: int) -> None:
     steps = timesteps(T, N, spacing)
     assert steps.dtype == torch.int64 and steps.shape == (N,)

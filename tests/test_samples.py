@@ -16,10 +16,13 @@ def test_write_npz_streams_pieces_into_what_np_load_reads(tmp_path: Path) -> Non
     rng = np.random.default_rng(0)
     pieces = [rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for n in (3, 3, 1)]
     labels = [np.arange(n, dtype=np.int64) for n in (3, 3, 1)]
-    path = write_npz(tmp_path / "samples.npz", {
-        "images": Column(np.dtype(np.uint8), (7, 28, 28), lambda: iter(pieces)),
-        "labels": Column(np.dtype(np.int64), (7,), lambda: iter(labels)),
-    })
+    path = write_npz(
+        tmp_path / "samples.npz",
+        {
+            "images": Column(np.dtype(np.uint8), (7, 28, 28), lambda: iter(pieces)),
+            "labels": Column(np.dtype(np.int64), (7,), lambda: iter(labels)),
+        },
+    )
     with np.load(path) as data:  # exactly what np.savez_compressed of the whole arrays gives
         assert data["images"].dtype == np.uint8 and np.array_equal(data["images"], np.concatenate(pieces))
         assert data["labels"].dtype == np.int64 and data["labels"].tolist() == [0, 1, 2, 0, 1, 2, 0]
@@ -69,10 +72,14 @@ BAD = {
     "zero bytes": (lambda p: _file(p / "s.npz", b""), "is empty"),
     "text": (lambda p: _file(p / "s.npz", b"images,labels\n1,2\n"), "not an .npz"),
     "random bytes": (lambda p: _file(p / "s.npz", b"\x00" + np.random.default_rng(1).bytes(4096)), "not an .npz"),
-    "random bytes after PK": (lambda p: _file(p / "s.npz", b"PK" + np.random.default_rng(1).bytes(4096)),
-                              "not a readable .npz"),
-    "truncated": (lambda p: _file(p / "s.npz", _npz(p / "t.npz", images=IMAGES).read_bytes()[:200]),
-                  "not a readable .npz"),
+    "random bytes after PK": (
+        lambda p: _file(p / "s.npz", b"PK" + np.random.default_rng(1).bytes(4096)),
+        "not a readable .npz",
+    ),
+    "truncated": (
+        lambda p: _file(p / "s.npz", _npz(p / "t.npz", images=IMAGES).read_bytes()[:200]),
+        "not a readable .npz",
+    ),
     "a .npy": (lambda p: np.save(p / "s.npy", IMAGES) or p / "s.npy", "single .npy array"),
     "pickled objects": (lambda p: _npz(p / "s.npz", images=np.array([{"a": 1}], dtype=object)), "not a readable .npz"),
     "no images": (lambda p: _npz(p / "s.npz", pictures=IMAGES), "no `images` array"),

@@ -15,10 +15,17 @@ from ldm.models.unet import UNet
 from ldm.serialize import SpecError, allow_package, build, built, spec
 
 OBJECTS = [
-    DDIMSampler(7, eta=0.3, spacing="trailing"), DDPMSampler(), DPMSolverPP2M(12), EulerSampler(9, shift=2.0),
-    HeunSampler(4), FlowAncestralSampler(6, eta=0.5), FlowMatching("uniform", time_scale=10.0),
-    DiffusionObjective(NoiseSchedule(sigmoid(50)), VPrediction(), MinSNRWeight(3.0)), ClassConditioning(4, 0.2, 2.0),
-    UNet(in_channels=4, base_channels=8, channel_mults=(1, 2), num_res_blocks=1), AutoencoderKL(hidden_channels=(8, 8, 8)),
+    DDIMSampler(7, eta=0.3, spacing="trailing"),
+    DDPMSampler(),
+    DPMSolverPP2M(12),
+    EulerSampler(9, shift=2.0),
+    HeunSampler(4),
+    FlowAncestralSampler(6, eta=0.5),
+    FlowMatching("uniform", time_scale=10.0),
+    DiffusionObjective(NoiseSchedule(sigmoid(50)), VPrediction(), MinSNRWeight(3.0)),
+    ClassConditioning(4, 0.2, 2.0),
+    UNet(in_channels=4, base_channels=8, channel_mults=(1, 2), num_res_blocks=1),
+    AutoencoderKL(hidden_channels=(8, 8, 8)),
     IdentityFirstStage(3, 32),
 ]
 
@@ -38,7 +45,9 @@ def test_round_trip(obj) -> None:
 def test_the_schedule_is_rebuilt_exactly() -> None:
     objective = DiffusionObjective(NoiseSchedule(sigmoid(1000)), VPrediction())
     again = build(spec(objective), DiffusionObjective)
-    assert torch.equal(again.schedule.alpha, objective.schedule.alpha) and torch.equal(again.schedule.sigma, objective.schedule.sigma)
+    assert torch.equal(again.schedule.alpha, objective.schedule.alpha) and torch.equal(
+        again.schedule.sigma, objective.schedule.sigma
+    )
 
 
 @pytest.mark.parametrize("path", ["os.system", "subprocess.Popen", "builtins.eval", "torch.nn.Linear"])
@@ -76,7 +85,8 @@ def test_wrong_base_missing_class_and_bad_kwargs_are_spec_errors() -> None:
 def test_an_allowed_package_can_be_built(tmp_path, monkeypatch) -> None:
     (tmp_path / "myext").mkdir()
     (tmp_path / "myext" / "__init__.py").write_text(
-        "class Sampler:\n    def __init__(self, n=1):\n        self.n = n\n    @property\n    def config(self):\n        return {'n': self.n}\n")
+        "class Sampler:\n    def __init__(self, n=1):\n        self.n = n\n    @property\n    def config(self):\n        return {'n': self.n}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SpecError, match="only classes from"):
         build({"class": "myext.Sampler", "kwargs": {"n": 3}})

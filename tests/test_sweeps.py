@@ -19,13 +19,25 @@ from test_train import LDM_TINY
 def test_optuna_search_runs_two_trials_on_val_fid(tmp_path: Path, mnist_dir: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     vae, classifier = save_vae_checkpoint(tmp_path / "vae.ckpt"), save_classifier_checkpoint(tmp_path / "cls.ckpt")
-    command = [sys.executable, str(ROOT / "train.py"), "hparams_search=ldm_optuna", "hydra.sweeper.n_trials=2",
-               f"vae_ckpt={vae}", f"callbacks.sample_quality.classifier_ckpt={classifier}",
-               "callbacks.sample_quality.every_n_epochs=1", "callbacks.sample_quality.num_samples=16",
-               "callbacks.sample_quality.batch_size=16", "callbacks.progress_bar=null", "callbacks.images=null",
-               "test=false", f"paths.root_dir={tmp_path}", *[o for o in LDM_TINY if not o.startswith("callbacks.images")]]
-    result = subprocess.run(command, env={**os.environ, "LDM_DATA_DIR": str(mnist_dir)}, capture_output=True,
-                            text=True, timeout=900)
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "hparams_search=ldm_optuna",
+        "hydra.sweeper.n_trials=2",
+        f"vae_ckpt={vae}",
+        f"callbacks.sample_quality.classifier_ckpt={classifier}",
+        "callbacks.sample_quality.every_n_epochs=1",
+        "callbacks.sample_quality.num_samples=16",
+        "callbacks.sample_quality.batch_size=16",
+        "callbacks.progress_bar=null",
+        "callbacks.images=null",
+        "test=false",
+        f"paths.root_dir={tmp_path}",
+        *[o for o in LDM_TINY if not o.startswith("callbacks.images")],
+    ]
+    result = subprocess.run(
+        command, env={**os.environ, "LDM_DATA_DIR": str(mnist_dir)}, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "debug" / "ldm" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
@@ -48,8 +60,17 @@ def test_slurm_launcher_composes_one_task_per_device(tmp_path: Path, mnist_dir: 
     register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "model=ldm", "trainer=ddp", "trainer.devices=4",
-                                          "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "model=ldm",
+                "trainer=ddp",
+                "trainer.devices=4",
+                "hydra.launcher.partition=gpu",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes, launcher.partition) == (4, 4, 1, "gpu")

@@ -31,11 +31,25 @@ def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path, caplog: 
     cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", "logger=csv", *TINY])
     with caplog.at_level("INFO", logger="train"):
         metrics = train(cfg)
-    summary = caplog.text[caplog.text.index("Run finished:"):]
-    for line in (f"run folder       {tmp_path / 'run'}", "best checkpoint  ", "last checkpoint  ", "images  ",
-                 f"metrics          {tmp_path / 'run' / 'csv' / 'metrics.csv'}"):
+    summary = caplog.text[caplog.text.index("Run finished:") :]
+    for line in (
+        f"run folder       {tmp_path / 'run'}",
+        "best checkpoint  ",
+        "last checkpoint  ",
+        "images  ",
+        f"metrics          {tmp_path / 'run' / 'csv' / 'metrics.csv'}",
+    ):
         assert line in summary, summary
-    for key in ("val/loss", "val/psnr", "val/ssim", "val/kl", "train/loss_epoch", "test/loss", "test/psnr", "train/samples_per_sec"):
+    for key in (
+        "val/loss",
+        "val/psnr",
+        "val/ssim",
+        "val/kl",
+        "train/loss_epoch",
+        "test/loss",
+        "test/psnr",
+        "train/samples_per_sec",
+    ):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -45,7 +59,9 @@ def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path, caplog: 
     assert {"model", "trainer", "data"} <= set(hparams) and "beta" not in hparams  # the config, no flat duplicates
     assert "val/loss" in metrics_csv and "train/recon_step" in metrics_csv
     assert sorted(p.name for p in (run / "images").glob("*epoch001.png")) == [
-        "inputs_epoch001.png", "prior_samples_epoch001.png", "reconstructions_epoch001.png",
+        "inputs_epoch001.png",
+        "prior_samples_epoch001.png",
+        "reconstructions_epoch001.png",
     ]
     ckpt = find_latest(tmp_path / "logs" / "debug" / "latest", "vae")
     assert ckpt.parent == run / "checkpoints"
@@ -54,8 +70,9 @@ def test_train_vae_end_to_end_with_csv(tmp_path: Path, mnist_dir: Path, caplog: 
     assert load_vae(ckpt).latent_shape == (4, 7, 7)
 
 
-def test_train_vae_with_wandb_offline(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_train_vae_with_wandb_offline(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("WANDB_MODE")  # no API key here: the logger must choose offline by itself
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -97,9 +114,19 @@ LDM_TINY = [
 ]
 
 
-PIXEL_TINY = ["debug=fast", "trainer=cpu", "data.val_size=64", "data.batch_size=64", "model.unet.base_channels=8",
-              "model.unet.num_res_blocks=1", "model.unet.channel_mults=[1,2]", "sampler.num_steps=3",
-              "callbacks.images.num_images=4", "callbacks.images.every_n_epochs=1", "trainer.max_epochs=2"]
+PIXEL_TINY = [
+    "debug=fast",
+    "trainer=cpu",
+    "data.val_size=64",
+    "data.batch_size=64",
+    "model.unet.base_channels=8",
+    "model.unet.num_res_blocks=1",
+    "model.unet.channel_mults=[1,2]",
+    "sampler.num_steps=3",
+    "callbacks.images.num_images=4",
+    "callbacks.images.every_n_epochs=1",
+    "trainer.max_epochs=2",
+]
 
 
 def test_pixel_space_flow_matching_end_to_end(tmp_path: Path, mnist_dir: Path) -> None:
@@ -107,8 +134,11 @@ def test_pixel_space_flow_matching_end_to_end(tmp_path: Path, mnist_dir: Path) -
     its checkpoint, draws its figures; sample.py then uses the sampler it was trained with."""
     from ldm.cli.sample import run as sample
 
-    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", "objective=flow", "first_stage=pixel", *PIXEL_TINY,
-                                            "callbacks.sample_quality=null"])
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        ["model=ldm", "objective=flow", "first_stage=pixel", *PIXEL_TINY, "callbacks.sample_quality=null"],
+    )
     metrics = train(cfg)
     assert {"train/loss_epoch", "val/loss", "test/loss"} <= set(metrics)
     run = tmp_path / "run"
@@ -122,7 +152,11 @@ def test_pixel_space_flow_matching_end_to_end(tmp_path: Path, mnist_dir: Path) -
     assert np.load(path)["images"].shape == (5, 28, 28)
     assert "FlowAncestralSampler(num_steps=3" in json.loads((tmp_path / "s" / "sampling.json").read_text())["generator"]
     with pytest.raises(ConfigError, match="vae_ckpt= is not used by first_stage=pixel"):
-        train(compose_cfg(tmp_path, mnist_dir, ["model=ldm", "first_stage=pixel", f"vae_ckpt={ckpt}", *PIXEL_TINY], run="y"))
+        train(
+            compose_cfg(
+                tmp_path, mnist_dir, ["model=ldm", "first_stage=pixel", f"vae_ckpt={ckpt}", *PIXEL_TINY], run="y"
+            )
+        )
 
 
 def _compose_sample(overrides: list[str]):
@@ -176,12 +210,23 @@ def test_ldm_logs_fid_and_kid_when_a_classifier_exists(tmp_path: Path, mnist_dir
 
     vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
     classifier = save_classifier_checkpoint(tmp_path / "classifier.ckpt")
-    cfg = compose_cfg(tmp_path, mnist_dir, [
-        "model=ldm", f"vae_ckpt={vae}", *LDM_TINY, "trainer.max_epochs=2", "test=false",
-        f"callbacks.sample_quality.classifier_ckpt={classifier}", "callbacks.sample_quality.every_n_epochs=2",
-        "callbacks.sample_quality.num_samples=16", "callbacks.sample_quality.batch_size=8",
-        "callbacks.model_checkpoint.monitor=val/fid", "callbacks.model_checkpoint.every_n_epochs=2",
-    ])
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        [
+            "model=ldm",
+            f"vae_ckpt={vae}",
+            *LDM_TINY,
+            "trainer.max_epochs=2",
+            "test=false",
+            f"callbacks.sample_quality.classifier_ckpt={classifier}",
+            "callbacks.sample_quality.every_n_epochs=2",
+            "callbacks.sample_quality.num_samples=16",
+            "callbacks.sample_quality.batch_size=8",
+            "callbacks.model_checkpoint.monitor=val/fid",
+            "callbacks.model_checkpoint.every_n_epochs=2",
+        ],
+    )
     metrics = train(cfg)
     assert metrics["val/fid"] > 0 and "val/kid" in metrics
     assert "val/fid" in (tmp_path / "run" / "csv" / "metrics.csv").read_text()
@@ -204,8 +249,17 @@ def test_schedule_multirun_shares_one_cache_and_one_wandb_group(tmp_path: Path, 
     vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
     env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir), "WANDB_MODE": "offline"}
     command = [
-        sys.executable, str(ROOT / "train.py"), "-m", "model=ldm", "schedule=linear,cosine", f"vae_ckpt={vae}",
-        f"paths.root_dir={tmp_path}", "logger=wandb", "callbacks.progress_bar=null", "test=false", *LDM_TINY,
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "model=ldm",
+        "schedule=linear,cosine",
+        f"vae_ckpt={vae}",
+        f"paths.root_dir={tmp_path}",
+        "logger=wandb",
+        "callbacks.progress_bar=null",
+        "test=false",
+        *LDM_TINY,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -230,7 +284,13 @@ def _train_subprocess(tmp_path: Path, mnist_dir: Path, *args: str) -> str:
     from conftest import ROOT
 
     env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(ROOT / "tests")}
-    command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={tmp_path}", "callbacks.progress_bar=null"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *args,
+        f"paths.root_dir={tmp_path}",
+        "callbacks.progress_bar=null",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
@@ -246,11 +306,26 @@ def test_ddp_two_cpu_processes_every_stage(tmp_path: Path, mnist_dir: Path) -> N
     no_cpu = lambda overrides: [o for o in overrides if o != "trainer=cpu"]  # noqa: E731
     stages = {
         "vae": ["model=vae", *no_cpu(TINY), "lr_scaling=linear"],
-        "classifier": ["model=classifier", *[o for o in no_cpu(TINY) if "model.vae" not in o], "model.classifier.width=8", "callbacks.images=null"],
-        "ldm": ["model=ldm", *no_cpu(LDM_TINY), "callbacks.sample_quality.every_n_epochs=1",
-                "callbacks.sample_quality.num_samples=16", "callbacks.sample_quality.batch_size=8"],
-        "ldm (flow, pixel)": ["model=ldm", "objective=flow", "first_stage=pixel", *no_cpu(PIXEL_TINY),
-                              "callbacks.sample_quality=null"],
+        "classifier": [
+            "model=classifier",
+            *[o for o in no_cpu(TINY) if "model.vae" not in o],
+            "model.classifier.width=8",
+            "callbacks.images=null",
+        ],
+        "ldm": [
+            "model=ldm",
+            *no_cpu(LDM_TINY),
+            "callbacks.sample_quality.every_n_epochs=1",
+            "callbacks.sample_quality.num_samples=16",
+            "callbacks.sample_quality.batch_size=8",
+        ],
+        "ldm (flow, pixel)": [
+            "model=ldm",
+            "objective=flow",
+            "first_stage=pixel",
+            *no_cpu(PIXEL_TINY),
+            "callbacks.sample_quality=null",
+        ],
     }
     for stage, overrides in stages.items():
         output = _train_subprocess(tmp_path, mnist_dir, *overrides, *DDP)
@@ -266,8 +341,17 @@ def test_ddp_two_cpu_processes_every_stage(tmp_path: Path, mnist_dir: Path) -> N
 def test_multirun_of_ddp_jobs(tmp_path: Path, mnist_dir: Path) -> None:
     """`-m` sweeps whose jobs each run 2 DDP processes: Lightning relaunches each rank from the
     job's saved config (.hydra/config.yaml) as a single run, so ranks do not start sweeps of their own."""
-    output = _train_subprocess(tmp_path, mnist_dir, "-m", "model=vae", *[o for o in TINY if o != "trainer=cpu"],
-                      "model.beta=1e-3,1e-2", *DDP, "callbacks.images=null", "trainer.max_epochs=1")
+    output = _train_subprocess(
+        tmp_path,
+        mnist_dir,
+        "-m",
+        "model=vae",
+        *[o for o in TINY if o != "trainer=cpu"],
+        "model.beta=1e-3,1e-2",
+        *DDP,
+        "callbacks.images=null",
+        "trainer.max_epochs=1",
+    )
     jobs = sorted((tmp_path / "logs" / "debug" / "vae" / "multiruns").glob("*/[0-9]"))
     assert [j.name for j in jobs] == ["0", "1"]
     assert all((j / "checkpoints" / "last.ckpt").is_file() for j in jobs)
@@ -296,14 +380,21 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         ("sample.py", [f"out={tmp_path / 'afile'}"], "Cannot create the output folder"),
         ("train.py", ["model=vae", "model.beta=nan"], "model.beta=nan"),
     ):
-        result = subprocess.run([sys.executable, str(ROOT / script), *args, f"paths.root_dir={tmp_path}"],
-                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, str(ROOT / script), *args, f"paths.root_dir={tmp_path}"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         output = result.stdout + result.stderr
         assert result.returncode == 1 and message in output and "Traceback" not in output, output[-2000:]
 
 
-def test_tensorboard_logger_writes_events_and_says_how_to_install_it(tmp_path: Path, mnist_dir: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_tensorboard_logger_writes_events_and_says_how_to_install_it(
+    tmp_path: Path, mnist_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """With tensorboard: event files in <run>/tensorboard. Without it (a fresh base install), one line
     naming the extra. The package cannot be uninstalled for one test, so the second run blocks its
     import the way Python does for a missing module (sys.modules entry None -> ImportError)."""
@@ -313,17 +404,31 @@ def test_tensorboard_logger_writes_events_and_says_how_to_install_it(tmp_path: P
 
     pytest.importorskip("tensorboard")
     with caplog.at_level("INFO", logger="train"):
-        train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1", "logger=tensorboard",
-                                                "callbacks.images=null"]))
+        train(
+            compose_cfg(
+                tmp_path,
+                mnist_dir,
+                ["model=vae", *TINY, "trainer.max_epochs=1", "logger=tensorboard", "callbacks.images=null"],
+            )
+        )
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in caplog.text
-    script = ("import runpy, sys; sys.modules['tensorboard'] = None; sys.argv = ['train.py', *sys.argv[1:]]; "
-              f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
+    script = (
+        "import runpy, sys; sys.modules['tensorboard'] = None; sys.argv = ['train.py', *sys.argv[1:]]; "
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')"
+    )
     env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir)}
-    result = subprocess.run([sys.executable, "-c", script, "model=vae", "logger=tensorboard", *TINY,
-                             f"paths.root_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, "model=vae", "logger=tensorboard", *TINY, f"paths.root_dir={tmp_path}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
-    assert result.returncode == 1 and "pip install -e '.[tensorboard]'" in output and "Traceback" not in output, output[-2000:]
+    assert result.returncode == 1 and "pip install -e '.[tensorboard]'" in output and "Traceback" not in output, output[
+        -2000:
+    ]
 
 
 def test_help_explains_and_a_closed_pipe_is_quiet() -> None:
@@ -335,16 +440,20 @@ def test_help_explains_and_a_closed_pipe_is_quiet() -> None:
 
     from conftest import ROOT
 
-    for script, expected, absent in (("train.py", "The five most used overrides", "min_lr_ratio"),
-                                     ("sample.py", "guidance=W", "model.unet"),
-                                     ("evaluate.py", "classifier_ckpt=P", "model.unet")):
-        text = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
-                              timeout=120, check=True).stdout
+    for script, expected, absent in (
+        ("train.py", "The five most used overrides", "min_lr_ratio"),
+        ("sample.py", "guidance=W", "model.unet"),
+        ("evaluate.py", "classifier_ckpt=P", "model.unet"),
+    ):
+        text = subprocess.run(
+            [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
         assert expected in text and absent not in text and len(text.splitlines()) < 45, text
     read, write = os.pipe()
     os.close(read)
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], stdout=write, stderr=subprocess.PIPE,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--help"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120
+    )
     os.close(write)
     assert result.returncode == 141 and result.stderr == "", result.stderr[-2000:]
 

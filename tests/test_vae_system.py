@@ -74,7 +74,9 @@ def test_prior_samples_and_image_grids() -> None:
     grids = module.log_images({"image": torch.rand(5, 1, 28, 28)}, num_images=4)
     assert set(grids) == {"inputs", "reconstructions", "prior_samples"}
     assert all(g.shape == (4, 1, 28, 28) for g in grids.values())
-    assert torch.equal(grids["prior_samples"], module.log_images({"image": torch.rand(4, 1, 28, 28)}, 4)["prior_samples"])
+    assert torch.equal(
+        grids["prior_samples"], module.log_images({"image": torch.rand(4, 1, 28, 28)}, 4)["prior_samples"]
+    )
 
 
 @pytest.fixture()

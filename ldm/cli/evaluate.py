@@ -42,19 +42,30 @@ log = logging.getLogger("evaluate")
 resolvers.register()
 
 # evaluate.py's own keys; conf/sample.yaml's (through its defaults) are `config_hints()`.
-KEYS = {"samples": str | None, "classifier_ckpt": str | None, "k": int, "floor": bool, "json": str | None,
-        "cache_dir": str}
+KEYS = {
+    "samples": str | None,
+    "classifier_ckpt": str | None,
+    "k": int,
+    "floor": bool,
+    "json": str | None,
+    "cache_dir": str,
+}
 
 
-def check_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, classifier: MNISTClassifier,
-                  real: torch.Tensor) -> None:
+def check_samples(
+    path: Path, images: torch.Tensor, labels: torch.Tensor | None, classifier: MNISTClassifier, real: torch.Tensor
+) -> None:
     """Samples the classifier can score against `real` (N, C, H, W), with labels among its classes."""
     if images.shape[-2:] != real.shape[-2:] or images.shape[1] not in (1, classifier.in_channels):
-        raise SamplesError(f"samples={path}: images of shape {tuple(images.shape[1:])} (C, H, W), but the classifier "
-                           f"and the real data take {tuple(real.shape[1:])}; sample from a model of this data")
+        raise SamplesError(
+            f"samples={path}: images of shape {tuple(images.shape[1:])} (C, H, W), but the classifier "
+            f"and the real data take {tuple(real.shape[1:])}; sample from a model of this data"
+        )
     if labels is not None and not ((labels >= 0) & (labels < classifier.num_classes)).all():
-        raise SamplesError(f"samples={path}: `labels` must be class ids in 0..{classifier.num_classes - 1}, got "
-                           f"values in {int(labels.min())}..{int(labels.max())}")
+        raise SamplesError(
+            f"samples={path}: `labels` must be class ids in 0..{classifier.num_classes - 1}, got "
+            f"values in {int(labels.min())}..{int(labels.max())}"
+        )
 
 
 def check_k(k: int, **counts: int) -> None:
@@ -62,17 +73,23 @@ def check_k(k: int, **counts: int) -> None:
     name, fewest = min(counts.items(), key=lambda item: item[1], default=("samples", None))
     if k < 1 or (fewest is not None and k >= fewest):
         bound = f" and < the number of {name} ({fewest})" if fewest is not None else ""
-        raise ConfigError(f"k={k} must be >= 1{bound}: precision/recall use each point's k-th nearest neighbour "
-                          "(default k=3)")
+        raise ConfigError(
+            f"k={k} must be >= 1{bound}: precision/recall use each point's k-th nearest neighbour (default k=3)"
+        )
 
 
 def classifier_from(values: dict[str, Any]) -> tuple[Path, MNISTClassifier]:
     """`classifier_ckpt`, or the latest classifier run's, loaded."""
-    path = (Path(values["classifier_ckpt"]) if values["classifier_ckpt"]
-            else find_latest(values["registry_dir"], "classifier", key="classifier_ckpt"))
+    path = (
+        Path(values["classifier_ckpt"])
+        if values["classifier_ckpt"]
+        else find_latest(values["registry_dir"], "classifier", key="classifier_ckpt")
+    )
     if not path.is_file():
-        raise ConfigError(f"classifier_ckpt={path} does not exist: pass a checkpoint of "
-                          "python train.py model=classifier, or leave it unset for the latest classifier run")
+        raise ConfigError(
+            f"classifier_ckpt={path} does not exist: pass a checkpoint of "
+            "python train.py model=classifier, or leave it unset for the latest classifier run"
+        )
     return path, load_classifier(path)
 
 
@@ -96,7 +113,9 @@ def evaluate(cfg: DictConfig) -> dict:
     check_values(values, hints)
     check_k(values["k"])  # before anything is sampled
     if values["json"] and Path(values["json"]).is_dir():
-        raise ConfigError(f"json={values['json']} is a folder: give a file, e.g. json={Path(values['json']) / 'metrics.json'}")
+        raise ConfigError(
+            f"json={values['json']} is a folder: give a file, e.g. json={Path(values['json']) / 'metrics.json'}"
+        )
     device = pick_device(values["device"])
     samples = Path(values["samples"]) if values["samples"] else draw_from_config(cfg, values)
     images, labels = load_samples(samples)
@@ -112,7 +131,9 @@ def evaluate(cfg: DictConfig) -> dict:
     k, seed = values["k"], values["seed"]
     with phase(f"scoring {len(images)} samples"):
         result = {
-            "samples": str(samples), "num_samples": len(images), "classifier": str(classifier_ckpt),
+            "samples": str(samples),
+            "num_samples": len(images),
+            "classifier": str(classifier_ckpt),
             "reference": f"{len(reference)} test images",
             "metrics": sample_metrics(images, reference, extractor, labels=labels, k=k, seed=seed),
         }
@@ -123,8 +144,11 @@ def evaluate(cfg: DictConfig) -> dict:
     _print(result)  # first: a JSON file that cannot be written must not take the numbers with it
     path = Path(values["json"]) if values["json"] else samples.parent / "metrics.json"
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text),
-                 hint="pass json=PATH to write them elsewhere (the numbers are in the table above)")
+    atomic_write(
+        path,
+        lambda tmp: tmp.write_text(text),
+        hint="pass json=PATH to write them elsewhere (the numbers are in the table above)",
+    )
     return result
 
 
@@ -145,7 +169,9 @@ def _print(result: dict) -> None:
     for column in ["metric", *columns]:
         table.add_column(column, justify="right")
     for key, value in result["metrics"].items():
-        row = [f"{value:.4g}"] + ([f"{result['floor'][key]:.4g}" if key in result["floor"] else "-"] if "floor" in result else [])
+        row = [f"{value:.4g}"] + (
+            [f"{result['floor'][key]:.4g}" if key in result["floor"] else "-"] if "floor" in result else []
+        )
         table.add_row(key, *row)
     Console().print(table)
 

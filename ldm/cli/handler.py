@@ -70,6 +70,7 @@ def user_error(error: BaseException) -> UserError | None:
 
 # --- signals -----------------------------------------------------------------------------------
 
+
 class _Signal(BaseException):
     """Raised by our handlers outside training; a BaseException so `except Exception` lets it pass."""
 
@@ -148,11 +149,15 @@ def _startup_error(error: BaseException) -> UserError | None:
     if isinstance(error, HydraException):
         text = str(error).split("Config search path")[0]
         skip = ("full_key:", "object_type=", "Set the environment variable HYDRA_FULL_ERROR")
-        return ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(skip)))
+        return ConfigError(
+            " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(skip))
+        )
     if isinstance(error, OSError):
         where = f"{error.filename}: " if error.filename else ""
-        return ConfigError(f"Cannot create the output folder ({where}{error.strerror or error}): point out= / "
-                           "hydra.run.dir / paths.log_dir at a folder that can be created")
+        return ConfigError(
+            f"Cannot create the output folder ({where}{error.strerror or error}): point out= / "
+            "hydra.run.dir / paths.log_dir at a folder that can be created"
+        )
     return None
 
 

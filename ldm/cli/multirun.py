@@ -27,8 +27,15 @@ def relaunch_ranks_from(config_file: Path) -> None:
 
     def command(local_rank: int) -> tuple[list[str], str]:
         return [
-            sys.executable, "-m", "ldm.cli.train", "-cp", str(config_file.parent), "-cn", config_file.name,
-            f'hydra.run.dir="{config_file.parent}"', f"hydra.job.name=train_ddp_process_{local_rank}",
+            sys.executable,
+            "-m",
+            "ldm.cli.train",
+            "-cp",
+            str(config_file.parent),
+            "-cn",
+            config_file.name,
+            f'hydra.run.dir="{config_file.parent}"',
+            f"hydra.job.name=train_ddp_process_{local_rank}",
             "hydra.output_subdir=null",
         ], get_original_cwd()
 

@@ -1,13 +1,13 @@
 """OmegaConf resolvers the configs in `conf/` use; `register()` installs them (idempotent).
 
-    ${cwd:}                          the folder the command was started in
-    ${latest_ckpt:vae,REGISTRY[,FALLBACK]}  the checkpoint the last `vae` run recorded in REGISTRY, else in
-                                     FALLBACK (debug runs: their own registry, then the real one); an error if none
-    ${latest_ckpt_or_none:...}       ... or null
-    ${auto_precision:ACCELERATOR}    bf16-mixed on a CUDA GPU with native bf16, else 32-true
-    ${run_name:TASK} / ${sweep_group:TASK}   W&B run and group names
-    ${run_dir:BASE,CKPT_PATH,TRAIN,LOG_DIR,TASK,MODEL_TARGET}   this run's folder (see `run_dir`)
-    ${unique_dir:BASE}               BASE, or BASE_1, BASE_2, ...: the first that did not exist, claimed
+${cwd:}                          the folder the command was started in
+${latest_ckpt:vae,REGISTRY[,FALLBACK]}  the checkpoint the last `vae` run recorded in REGISTRY, else in
+                                 FALLBACK (debug runs: their own registry, then the real one); an error if none
+${latest_ckpt_or_none:...}       ... or null
+${auto_precision:ACCELERATOR}    bf16-mixed on a CUDA GPU with native bf16, else 32-true
+${run_name:TASK} / ${sweep_group:TASK}   W&B run and group names
+${run_dir:BASE,CKPT_PATH,TRAIN,LOG_DIR,TASK,MODEL_TARGET}   this run's folder (see `run_dir`)
+${unique_dir:BASE}               BASE, or BASE_1, BASE_2, ...: the first that did not exist, claimed
 """
 
 from __future__ import annotations

@@ -34,8 +34,14 @@ from ldm.resume import find_checkpoint, resolve_resume
 log = logging.getLogger("train")
 
 # Keys of conf/train.yaml that build nothing (the rest is checked against what it builds).
-TOP_LEVEL = {"seed": int, "train": bool, "test": bool, "ckpt_path": str | None, "task_name": str,
-             "lr_scaling": Literal["none", "sqrt", "linear"]}
+TOP_LEVEL = {
+    "seed": int,
+    "train": bool,
+    "test": bool,
+    "ckpt_path": str | None,
+    "task_name": str,
+    "lr_scaling": Literal["none", "sqrt", "linear"],
+}
 
 
 def check_run(cfg: DictConfig, kind: str | None) -> None:
@@ -49,12 +55,16 @@ def check_run(cfg: DictConfig, kind: str | None) -> None:
         return
     vae_stage = "path" in (cfg.get("first_stage") or {})  # first_stage=vae loads vae_ckpt; pixel has no VAE
     if not vae_stage and OmegaConf.to_container(cfg, resolve=False).get("vae_ckpt") is not None:
-        raise ConfigError("vae_ckpt= is not used by first_stage=pixel, which trains on the images themselves: drop it, "
-                          "or train on its latents with first_stage=vae")
+        raise ConfigError(
+            "vae_ckpt= is not used by first_stage=pixel, which trains on the images themselves: drop it, "
+            "or train on its latents with first_stage=vae"
+        )
     latent = OmegaConf.select(cfg, "vae_ckpt", throw_on_resolution_failure=False) is not None
     if vae_stage and latent and "first_stage" not in cfg.data:
-        raise ConfigError("model=ldm trains on the VAE latents of an image dataset, but data= replaced the latent data: "
-                          "choose the images with data@data.images=NAME (e.g. data@data.images=fashion_mnist) instead")
+        raise ConfigError(
+            "model=ldm trains on the VAE latents of an image dataset, but data= replaced the latent data: "
+            "choose the images with data@data.images=NAME (e.g. data@data.images=fashion_mnist) instead"
+        )
 
 
 def use_checkpoint(cfg: DictConfig, kind: str | None) -> None:
@@ -75,7 +85,9 @@ def use_checkpoint(cfg: DictConfig, kind: str | None) -> None:
             cfg.logger.wandb.run_id = run_id
         if kind == "ldm":
             _keep_own_vae(cfg, path)
-    log.info("%s %s in %s (W&B run %s)", "Resuming" if cfg.train else "Testing", path, cfg.paths.output_dir, run_id or "-")
+    log.info(
+        "%s %s in %s (W&B run %s)", "Resuming" if cfg.train else "Testing", path, cfg.paths.output_dir, run_id or "-"
+    )
 
 
 def _keep_own_vae(cfg: DictConfig, ldm_ckpt: Path) -> None:
@@ -88,7 +100,9 @@ def _keep_own_vae(cfg: DictConfig, ldm_ckpt: Path) -> None:
     except CheckpointError:
         differs = True
     if differs:
-        log.warning("vae_ckpt=%s is not the VAE this LDM was trained on; using the one its checkpoint holds", configured)
+        log.warning(
+            "vae_ckpt=%s is not the VAE this LDM was trained on; using the one its checkpoint holds", configured
+        )
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -105,8 +119,10 @@ def lock_run(output_dir: Path) -> Iterator[None]:
         output_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        raise ConfigError(f"{output_dir} is in use by another training process (the same run started twice?): wait "
-                          "for it to finish, or stop it and resume with ckpt_path=last") from None
+        raise ConfigError(
+            f"{output_dir} is in use by another training process (the same run started twice?): wait "
+            "for it to finish, or stop it and resume with ckpt_path=last"
+        ) from None
     try:
         yield
     finally:
@@ -148,9 +164,13 @@ class reported:
             return False
         signum = handler.stop_signal()
         name, step = signal.Signals(signum).name, self.trainer.global_step
-        last = next((c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), "")
+        last = next(
+            (c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), ""
+        )
         if self.stage == "testing":
-            message = f"Stopped by {name} while testing; training had finished: test again with train=false ckpt_path=PATH"
+            message = (
+                f"Stopped by {name} while testing; training had finished: test again with train=false ckpt_path=PATH"
+            )
         elif step == 0 or not last:
             message = f"Stopped by {name} before the first checkpoint; nothing to resume: run the command again"
         else:

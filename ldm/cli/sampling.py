@@ -17,7 +17,9 @@ from ldm.sampling import Request, config_hints, draw
 
 def plain(cfg: DictConfig, keys: Iterable[str]) -> dict[str, Any]:
     """The values of `keys` in `cfg` as plain Python values (lists, not ListConfigs)."""
-    return {key: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v := cfg.get(key)) else v for key in keys}
+    return {
+        key: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v := cfg.get(key)) else v for key in keys
+    }
 
 
 def draw_from_config(cfg: DictConfig, values: dict[str, Any] | None = None) -> Path:

@@ -8,8 +8,9 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 
-def run_summary(output_dir: str | Path, best: str | None, last: str | None, loggers: Sequence[object],
-                metrics: dict[str, float]) -> str:
+def run_summary(
+    output_dir: str | Path, best: str | None, last: str | None, loggers: Sequence[object], metrics: dict[str, float]
+) -> str:
     """A few aligned lines: run folder, checkpoints, images, metrics CSV, W&B and TensorBoard."""
     output_dir = Path(output_dir)
     rows: list[tuple[str, str]] = [("run folder", str(output_dir))]
@@ -23,8 +24,12 @@ def run_summary(output_dir: str | Path, best: str | None, last: str | None, logg
         rows.append(("images", f"{output_dir / 'images'}/  (newest: {images[-1].name})"))
     for logger in loggers:
         if isinstance(logger, CSVLogger) and Path(logger.log_dir, "metrics.csv").is_file():
-            rows.append(("metrics", f"{Path(logger.log_dir, 'metrics.csv')}  (plot: python experiments/plot_metrics.py "
-                                    f"{output_dir})"))
+            rows.append(
+                (
+                    "metrics",
+                    f"{Path(logger.log_dir, 'metrics.csv')}  (plot: python experiments/plot_metrics.py {output_dir})",
+                )
+            )
         elif isinstance(logger, WandbLogger):
             folder = _wandb_dir(logger)
             if folder is not None and folder.name.startswith("offline-run-"):

@@ -67,8 +67,12 @@ def scale_lr(cfg: DictConfig, world_size: int, accumulate: int) -> None:
     if factor != 1.0 and cfg.model.get("optimizer") is not None:
         with open_dict(cfg):
             cfg.model.optimizer.lr = float(cfg.model.optimizer.lr) * factor
-        log.info("lr_scaling=%s: effective batch x%d, model.optimizer.lr -> %.3g", rule, world_size * accumulate,
-                 cfg.model.optimizer.lr)
+        log.info(
+            "lr_scaling=%s: effective batch x%d, model.optimizer.lr -> %.3g",
+            rule,
+            world_size * accumulate,
+            cfg.model.optimizer.lr,
+        )
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -127,8 +131,15 @@ def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -
             record_latest(cfg.paths.registry_dir, cfg.task_name, ckpt, run_dir=str(output_dir), metrics=metrics)
             log.info("Best %s checkpoint: %s (recorded in %s)", cfg.task_name, ckpt, cfg.paths.registry_dir)
         if trainer.is_global_zero:  # before the W&B run is closed: it names its folder
-            log.info(run_summary(output_dir, ckpt if cfg.train else None, str(output_dir / "checkpoints" / "last.ckpt"),
-                                 loggers, metrics))
+            log.info(
+                run_summary(
+                    output_dir,
+                    ckpt if cfg.train else None,
+                    str(output_dir / "checkpoints" / "last.ckpt"),
+                    loggers,
+                    metrics,
+                )
+            )
         exit_code = 0
     finally:
         finish_wandb(loggers, exit_code)
@@ -149,9 +160,13 @@ def optimized_value(metrics: dict[str, float] | None, key: str | None) -> float:
     if metrics is not None and key in metrics:
         return metrics[key]
     if metrics is not None and "BasicSweeper" not in HydraConfig.get().sweeper._target_:
-        log.error("optimized_metric=%s was not logged by this run (it has %s): for val/fid the run needs a classifier "
-                  "(python train.py model=classifier) and callbacks.sample_quality.every_n_epochs dividing "
-                  "trainer.max_epochs; this trial counts as failed", key, sorted(metrics))
+        log.error(
+            "optimized_metric=%s was not logged by this run (it has %s): for val/fid the run needs a classifier "
+            "(python train.py model=classifier) and callbacks.sample_quality.every_n_epochs dividing "
+            "trainer.max_epochs; this trial counts as failed",
+            key,
+            sorted(metrics),
+        )
     return float("nan")
 
 

@@ -94,7 +94,14 @@ def describe(hint: Any) -> str:
     if origin in (list, tuple, Sequence) and args:
         plural = {bool: "booleans", int: "ints", float: "numbers", str: "strings"}
         return f"a list of {plural.get(args[0], describe(args[0]))}"
-    names = {bool: "true or false", int: "an int", float: "a number", str: "a string", type(None): "null", Path: "a path"}
+    names = {
+        bool: "true or false",
+        int: "an int",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+        Path: "a path",
+    }
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 

@@ -83,7 +83,9 @@ class CacheError(UserError, RuntimeError):
 
 def payload_sha256(splits: dict[str, Batch]) -> str:
     """sha256 over every tensor of every split (names, dtypes, shapes and bytes)."""
-    return update_hash(hashlib.sha256(), {f"{s}/{k}": v for s, part in splits.items() for k, v in part.items()}).hexdigest()
+    return update_hash(
+        hashlib.sha256(), {f"{s}/{k}": v for s, part in splits.items() for k, v in part.items()}
+    ).hexdigest()
 
 
 def read_cache(path: Path, key: str) -> dict:
@@ -151,7 +153,9 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         if mode not in ("sample", "mean"):
             raise ValueError(f"data.mode={mode!r} is not one of ['mean', 'sample']")
         if batch_size < 1 or encode_batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size} and data.encode_batch_size={encode_batch_size} must be >= 1")
+            raise ValueError(
+                f"data.batch_size={batch_size} and data.encode_batch_size={encode_batch_size} must be >= 1"
+            )
         self.images, self.cache_dir = images, Path(cache_dir)
         self.first_stage = load_first_stage(first_stage) if isinstance(first_stage, (str, Path)) else first_stage
         self.source = str(first_stage) if isinstance(first_stage, (str, Path)) else type(first_stage).__name__
@@ -191,10 +195,14 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
             try:
                 return read_cache(path, key)  # nobody can be writing it: the folder is read-only
             except CacheError as e:
-                raise CacheError(f"{e}, and {self.cache_dir} is not writable ({error.strerror or error}): set "
-                                 "paths.cache_dir to a writable folder") from e
-        raise CacheError(f"No latent cache for this VAE in {self.cache_dir}, and it is not writable "
-                         f"({error.strerror or error}): set paths.cache_dir to a writable folder") from error
+                raise CacheError(
+                    f"{e}, and {self.cache_dir} is not writable ({error.strerror or error}): set "
+                    "paths.cache_dir to a writable folder"
+                ) from e
+        raise CacheError(
+            f"No latent cache for this VAE in {self.cache_dir}, and it is not writable "
+            f"({error.strerror or error}): set paths.cache_dir to a writable folder"
+        ) from error
 
     def _build(self, key: str, path: Path) -> dict:
         device = self._device()
@@ -203,9 +211,14 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         splits = {s: encode_split(first_stage, self.images.split(s), self.encode_batch_size, device) for s in SPLITS}
         scale, shift = estimate_statistics(splits["train"], self.shift)
         cache = {
-            "version": CACHE_VERSION, "key": key, "first_stage": self.source, "splits": splits,
-            "payload_sha256": payload_sha256(splits), "latent_shape": list(first_stage.latent_shape),
-            "scale": scale, "shift": shift,
+            "version": CACHE_VERSION,
+            "key": key,
+            "first_stage": self.source,
+            "splits": splits,
+            "payload_sha256": payload_sha256(splits),
+            "latent_shape": list(first_stage.latent_shape),
+            "scale": scale,
+            "shift": shift,
         }
         # A full disk raises WriteError (one line); the temp file is gone, an older cache untouched.
         atomic_write(path, lambda tmp: torch.save(cache, tmp), hint="set paths.cache_dir to another disk")
@@ -230,8 +243,11 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         stats = cache["splits"]["train"]["mean"]
         log.info(
             "Latents %s: scale %.4f shift %.4f; train mean per channel %s, std per channel %s",
-            tuple(cache["latent_shape"]), cache["scale"], cache["shift"],
-            [round(v, 3) for v in stats.mean((0, 2, 3)).tolist()], [round(v, 3) for v in stats.std((0, 2, 3)).tolist()],
+            tuple(cache["latent_shape"]),
+            cache["scale"],
+            cache["shift"],
+            [round(v, 3) for v in stats.mean((0, 2, 3)).tolist()],
+            [round(v, 3) for v in stats.std((0, 2, 3)).tolist()],
         )
 
     @property
@@ -239,7 +255,9 @@ class LatentDataModule(ResumableTrainLoader, L.LightningDataModule):
         return tuple(self.splits["train"].tensors["mean"].shape[1:])
 
     def train_dataloader(self) -> TensorLoader:
-        return self.track_train_loader(loader_for(self, self.splits["train"], self.batch_size, shuffle=True, seed=self.seed))
+        return self.track_train_loader(
+            loader_for(self, self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+        )
 
     def val_dataloader(self) -> TensorLoader:
         return loader_for(self, self.splits["val"], self.batch_size, shuffle=False, seed=self.seed)

@@ -143,8 +143,13 @@ class FlowMatching(Objective):
 
     sampler_type = FlowSampler
 
-    def __init__(self, time_distribution: TimeDistribution = "logit_normal", loc: float = 0.0, scale: float = 1.0,
-                 time_scale: float = 1000.0) -> None:
+    def __init__(
+        self,
+        time_distribution: TimeDistribution = "logit_normal",
+        loc: float = 0.0,
+        scale: float = 1.0,
+        time_scale: float = 1000.0,
+    ) -> None:
         super().__init__()
         _check_choice("time_distribution", time_distribution, get_args(TimeDistribution))
         if not scale > 0 or not time_scale > 0:
@@ -154,8 +159,12 @@ class FlowMatching(Objective):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"time_distribution": self.time_distribution, "loc": self.loc, "scale": self.scale,
-                "time_scale": self.time_scale}
+        return {
+            "time_distribution": self.time_distribution,
+            "loc": self.loc,
+            "scale": self.scale,
+            "time_scale": self.time_scale,
+        }
 
     def draw_times(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         if self.time_distribution == "uniform":
@@ -180,8 +189,14 @@ class FlowMatching(Objective):
         return torch.linspace(1.0 / columns, 1.0, columns, device=device)
 
     def sample(
-        self, network: Network, sampler: FlowSampler, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
-        device: torch.device | None = None, return_trajectory: bool = False,
+        self,
+        network: Network,
+        sampler: FlowSampler,
+        shape: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+        return_trajectory: bool = False,
         on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         self.check_sampler(sampler)

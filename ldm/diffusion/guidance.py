@@ -52,7 +52,9 @@ class ClassConditioning:
 
 def check_guidance(guidance: float) -> None:
     if not 0.0 <= guidance < float("inf"):
-        raise ValueError(f"guidance={guidance} must be a finite number >= 0 (0: unconditional, 1: conditional, > 1: guided)")
+        raise ValueError(
+            f"guidance={guidance} must be a finite number >= 0 (0: unconditional, 1: conditional, > 1: guided)"
+        )
 
 
 def guide(cond: Tensor, uncond: Tensor, guidance: float) -> Tensor:

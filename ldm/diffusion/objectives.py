@@ -69,8 +69,14 @@ class Objective(torch.nn.Module, ABC):
 
     @abstractmethod
     def sample(
-        self, network: Network, sampler: Any, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
-        device: torch.device | None = None, return_trajectory: bool = False,
+        self,
+        network: Network,
+        sampler: Any,
+        shape: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+        return_trajectory: bool = False,
         on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Run `sampler` from pure noise to clean data through `network` (and the x_t trajectory);
@@ -79,10 +85,14 @@ class Objective(torch.nn.Module, ABC):
     def check_sampler(self, sampler: Any) -> None:
         """Refuse a sampler of another family before any network call."""
         if not isinstance(sampler, self.sampler_type):
-            raise ValueError(f"{type(sampler).__name__} cannot sample a {type(self).__name__} model: use a "
-                             f"{self.sampler_type.__name__} (sampler=...; see conf/sampler/)")
+            raise ValueError(
+                f"{type(sampler).__name__} cannot sample a {type(self).__name__} model: use a "
+                f"{self.sampler_type.__name__} (sampler=...; see conf/sampler/)"
+            )
 
-    def loss(self, network: Callable[..., Tensor], x0: Tensor, t: Tensor, eps: Tensor, labels: Tensor | None = None) -> Tensor:
+    def loss(
+        self, network: Callable[..., Tensor], x0: Tensor, t: Tensor, eps: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
         """Weighted squared error of the network output against the target, per sample. (B,)"""
         x_t = self.noisy(x0, t, eps)
         target, weight = self.target_and_weight(x0, eps, t)
@@ -110,7 +120,9 @@ class DiffusionObjective(Objective):
 
     sampler_type = Sampler
 
-    def __init__(self, schedule: NoiseSchedule, parameterization: Parameterization, weighting: LossWeight | None = None) -> None:
+    def __init__(
+        self, schedule: NoiseSchedule, parameterization: Parameterization, weighting: LossWeight | None = None
+    ) -> None:
         super().__init__()
         self.schedule, self.parameterization = schedule, parameterization
         self.weighting = weighting or UniformWeight()
@@ -146,11 +158,25 @@ class DiffusionObjective(Objective):
         sampler.timesteps(self.schedule)  # e.g. num_steps > T fails now, not after training
 
     def sample(
-        self, network: Network, sampler: Sampler, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
-        device: torch.device | None = None, return_trajectory: bool = False,
+        self,
+        network: Network,
+        sampler: Sampler,
+        shape: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+        return_trajectory: bool = False,
         on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         self.check_sampler(sampler)
         denoiser = denoiser_from(network, self.parameterization, self.schedule)
-        return sample(denoiser, self.schedule, sampler, shape, generator=generator, device=device,
-                      return_trajectory=return_trajectory, on_step=on_step)
+        return sample(
+            denoiser,
+            self.schedule,
+            sampler,
+            shape,
+            generator=generator,
+            device=device,
+            return_trajectory=return_trajectory,
+            on_step=on_step,
+        )

@@ -70,9 +70,7 @@ def timesteps(num_timesteps: int, num_steps: int, spacing: Spacing) -> Tensor:
     return steps.long()
 
 
-def _randn(
-    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
-) -> Tensor:
+def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
     # Draw on the generator's own device, then move: a seeded CPU generator then
     # gives identical noise whatever device the model runs on.
     source = generator.device if generator is not None else device
@@ -133,8 +131,16 @@ class DDPMSampler(Sampler):
         return torch.arange(schedule.num_timesteps - 1, -1, -1, dtype=torch.long)
 
     def step(
-        self, schedule: NoiseSchedule, x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, s: int,
-        *, state: Any = None, generator: torch.Generator | None = None,
+        self,
+        schedule: NoiseSchedule,
+        x_t: Tensor,
+        x0_hat: Tensor,
+        eps_hat: Tensor,
+        t: int,
+        s: int,
+        *,
+        state: Any = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Any]:
         if s == CLEAN:  # the posterior collapses onto x0 with zero variance
             return x0_hat, None
@@ -169,8 +175,16 @@ class DDIMSampler(Sampler):
         return timesteps(schedule.num_timesteps, self.num_steps, self.spacing)
 
     def step(
-        self, schedule: NoiseSchedule, x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, s: int,
-        *, state: Any = None, generator: torch.Generator | None = None,
+        self,
+        schedule: NoiseSchedule,
+        x_t: Tensor,
+        x0_hat: Tensor,
+        eps_hat: Tensor,
+        t: int,
+        s: int,
+        *,
+        state: Any = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Any]:
         alpha_t, sigma_t = schedule.at(t)
         alpha_s, sigma_s = schedule.at(s)
@@ -221,8 +235,16 @@ class DPMSolverPP2M(Sampler):
         return timesteps(schedule.num_timesteps, self.num_steps, self.spacing)
 
     def step(
-        self, schedule: NoiseSchedule, x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, s: int,
-        *, state: Any = None, generator: torch.Generator | None = None,
+        self,
+        schedule: NoiseSchedule,
+        x_t: Tensor,
+        x0_hat: Tensor,
+        eps_hat: Tensor,
+        t: int,
+        s: int,
+        *,
+        state: Any = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Any]:
         if s == CLEAN:
             return x0_hat, None

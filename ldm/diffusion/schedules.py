@@ -58,9 +58,7 @@ def _from_betas(betas: Tensor) -> Coefficients:
     return torch.exp(0.5 * log_alpha_bar), torch.sqrt(-torch.expm1(log_alpha_bar))
 
 
-def _betas_from_alpha_bar(
-    alpha_bar: Callable[[Tensor], Tensor], num_timesteps: int, max_beta: float
-) -> Tensor:
+def _betas_from_alpha_bar(alpha_bar: Callable[[Tensor], Tensor], num_timesteps: int, max_beta: float) -> Tensor:
     """Discretise a continuous alpha_bar(u), u in [0, 1], into clipped betas.
 
     beta_t = min(1 - alpha_bar((t+1)/T) / alpha_bar(t/T), max_beta), as in Nichol &
@@ -75,9 +73,7 @@ def _betas_from_alpha_bar(
     return (1.0 - values[1:] / values[:-1]).clamp(max=max_beta)
 
 
-def linear(
-    num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
-) -> Coefficients:
+def linear(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Coefficients:
     """DDPM's linear schedule: beta_t linear from beta_start to beta_end (DDPM Sec. 4)."""
     _check_num_timesteps(num_timesteps)
     if not 0.0 < beta_start <= beta_end < 1.0:
@@ -85,9 +81,7 @@ def linear(
     return _from_betas(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64))
 
 
-def scaled_linear(
-    num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
-) -> Coefficients:
+def scaled_linear(num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Coefficients:
     """Stable Diffusion's schedule: sqrt(beta_t) linear, i.e. betas = linspace(sqrt(b0), sqrt(b1), T)^2.
 
     Note (Lin et al. 2023): its final SNR is not zero (alpha_bar_{T-1} ~ 0.0047).
@@ -116,9 +110,7 @@ def cosine(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999)
     return _from_betas(_betas_from_alpha_bar(alpha_bar, num_timesteps, max_beta))
 
 
-def sigmoid(
-    num_timesteps: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0
-) -> Coefficients:
+def sigmoid(num_timesteps: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> Coefficients:
     """Sigmoid schedule (Jabri et al. 2022; Chen 2023, Algorithm 1).
 
     alpha_bar(u) = (S(end/tau) - S((u (end - start) + start)/tau)) / (S(end/tau) - S(start/tau)),

@@ -29,8 +29,12 @@ class ResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            _norm(out_channels), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            _norm(in_channels),
+            nn.SiLU(),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            _norm(out_channels),
+            nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
@@ -113,8 +117,11 @@ class AutoencoderKL(nn.Module):
             raise ValueError("in_channels, latent_channels and num_res_blocks must be >= 1")
         # Plain values only: stored in checkpoints so the VAE can be rebuilt without Hydra.
         self.config = dict(
-            in_channels=in_channels, image_size=image_size, latent_channels=latent_channels,
-            hidden_channels=hidden_channels, num_res_blocks=num_res_blocks,
+            in_channels=in_channels,
+            image_size=image_size,
+            latent_channels=latent_channels,
+            hidden_channels=hidden_channels,
+            num_res_blocks=num_res_blocks,
         )
         self.encoder = Encoder(in_channels, latent_channels, hidden_channels, num_res_blocks)
         self.decoder = Decoder(in_channels, latent_channels, hidden_channels, num_res_blocks)

@@ -53,8 +53,12 @@ class MNISTClassifier(nn.Module):
             raise ValueError(f"image_size={image_size} must be divisible by 4 (two 2x2 poolings)")
         # Plain values only: stored in checkpoints so the classifier can be rebuilt without Hydra.
         self.config = dict(
-            in_channels=in_channels, num_classes=num_classes, feature_dim=feature_dim,
-            width=width, dropout=dropout, image_size=image_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            feature_dim=feature_dim,
+            width=width,
+            dropout=dropout,
+            image_size=image_size,
         )
         self.in_channels, self.num_classes, self.feature_dim = in_channels, num_classes, feature_dim
         side = image_size // 4

@@ -50,7 +50,9 @@ class LatentNormalizer(nn.Module):
     def set(self, scale: float, shift: float = 0.0) -> None:
         """Fit: store the statistics (in place, so a module holding this normaliser sees them)."""
         if self.fixed:
-            raise ValueError("this first stage's latent scale is fixed (the identity's [-1, 1]); it is not fitted from data")
+            raise ValueError(
+                "this first stage's latent scale is fixed (the identity's [-1, 1]); it is not fitted from data"
+            )
         if not (math.isfinite(scale) and scale > 0 and math.isfinite(shift)):
             raise ValueError(f"latent scale={scale!r} must be finite and > 0 and shift={shift!r} finite")
         self.scale.fill_(scale)

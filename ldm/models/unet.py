@@ -176,9 +176,15 @@ class UNet(nn.Module):
         self.in_channels, self.num_classes = in_channels, num_classes
         # Plain values only: stored in checkpoints so the network can be rebuilt without Hydra.
         self.config = dict(
-            in_channels=in_channels, base_channels=base_channels, channel_mults=list(channel_mults),
-            num_res_blocks=num_res_blocks, attention=attention, num_heads=num_heads, dropout=dropout,
-            num_classes=num_classes, out_channels=out_channels,
+            in_channels=in_channels,
+            base_channels=base_channels,
+            channel_mults=list(channel_mults),
+            num_res_blocks=num_res_blocks,
+            attention=attention,
+            num_heads=num_heads,
+            dropout=dropout,
+            num_classes=num_classes,
+            out_channels=out_channels,
         )
         emb_dim = 4 * base_channels
         last = len(channel_mults) - 1
@@ -215,7 +221,9 @@ class UNet(nn.Module):
         for level in reversed(range(len(channel_mults))):
             blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResBlock(ch + skip_channels.pop(), base_channels * channel_mults[level], emb_dim, dropout))
+                blocks.append(
+                    ResBlock(ch + skip_channels.pop(), base_channels * channel_mults[level], emb_dim, dropout)
+                )
                 ch = base_channels * channel_mults[level]
                 attns.append(attn(level, ch))
             self.up_blocks.append(blocks)

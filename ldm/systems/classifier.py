@@ -64,7 +64,9 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(
                 f"model.label_smoothing={label_smoothing} must be in [0, 1) and model.augment_shift={augment_shift} >= 0"
             )
-        self.save_hyperparameters(ignore=["classifier", "optimizer", "scheduler"], logger=False)  # loggers get the resolved config
+        self.save_hyperparameters(
+            ignore=["classifier", "optimizer", "scheduler"], logger=False
+        )  # loggers get the resolved config
         classifier = built(classifier, MNISTClassifier)
         self.hparams["classifier"] = spec(classifier)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.classifier = classifier
@@ -103,8 +105,14 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if train else 0.0)
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, y)
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": accuracy}, on_step=train, on_epoch=True,
-                      prog_bar=stage == "val", batch_size=len(x), sync_dist=not train)
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/acc": accuracy},
+            on_step=train,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=len(x),
+            sync_dist=not train,
+        )
         return loss
 
     def configure_optimizers(self) -> Any:

@@ -79,23 +79,39 @@ class LatentDiffusionModule(L.LightningModule):
         compile: bool | str = False,
     ) -> None:
         super().__init__()
-        unet, objective, sampler = built(unet, UNet), built(objective, Objective), built(sampler, (Sampler, FlowSampler))
+        unet, objective, sampler = (
+            built(unet, UNet),
+            built(objective, Objective),
+            built(sampler, (Sampler, FlowSampler)),
+        )
         conditioning = None if conditioning is None else built(conditioning, ClassConditioning)
         self._first_stage_from_spec = isinstance(first_stage, dict)  # random weights until a state dict loads
         first_stage = _first_stage(first_stage)
         if first_stage.latent_shape[0] != unet.in_channels:
-            raise ValueError(f"The first stage makes {tuple(first_stage.latent_shape)} latents but the UNet takes "
-                             f"{unet.in_channels} channels: set model.unet.in_channels={first_stage.latent_shape[0]}")
+            raise ValueError(
+                f"The first stage makes {tuple(first_stage.latent_shape)} latents but the UNet takes "
+                f"{unet.in_channels} channels: set model.unet.in_channels={first_stage.latent_shape[0]}"
+            )
         objective.check_sampler(sampler)  # e.g. num_steps > T fails now, not after training
         wanted = conditioning.num_classes if conditioning else None
         if unet.num_classes != wanted:
-            raise ValueError(f"conditioning has {wanted} classes but the UNet {unet.num_classes}: "
-                             f"set model.unet.num_classes={wanted}")
+            raise ValueError(
+                f"conditioning has {wanted} classes but the UNet {unet.num_classes}: "
+                f"set model.unet.num_classes={wanted}"
+            )
         # Plain specs only (never modules): what load_from_checkpoint rebuilds the model from.
-        self.save_hyperparameters({
-            "unet": spec(unet), "objective": spec(objective), "sampler": spec(sampler), "first_stage": spec(first_stage),
-            "ema_decay": ema_decay, "conditioning": spec(conditioning) if conditioning else None, "compile": compile,
-        }, logger=False)
+        self.save_hyperparameters(
+            {
+                "unet": spec(unet),
+                "objective": spec(objective),
+                "sampler": spec(sampler),
+                "first_stage": spec(first_stage),
+                "ema_decay": ema_decay,
+                "conditioning": spec(conditioning) if conditioning else None,
+                "compile": compile,
+            },
+            logger=False,
+        )
         self.unet, self.objective, self.sampler, self.conditioning = unet, objective, sampler, conditioning
         self.first_stage = first_stage.eval().requires_grad_(False)
         self.ema = EMA(unet, ema_decay)
@@ -182,8 +198,11 @@ class LatentDiffusionModule(L.LightningModule):
         # A resumed or tested checkpoint must have been trained on this first stage's latents;
         # otherwise its weights would silently replace the VAE the data was encoded with.
         prefix = "first_stage."
-        stored = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items()
-                  if k.startswith(prefix) and not k.startswith(prefix + "normalizer.")}
+        stored = {
+            k[len(prefix) :]: v
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if k.startswith(prefix) and not k.startswith(prefix + "normalizer.")
+        }
         if update_hash(hashlib.sha256(), stored).hexdigest() != self.first_stage_sha256:
             raise CheckpointError(
                 "This LDM checkpoint was trained on the latents of another VAE than the one given (vae_ckpt): "
@@ -194,22 +213,36 @@ class LatentDiffusionModule(L.LightningModule):
     def _check_same_recipe(self, stored: dict[str, Any]) -> None:
         """A resumed or tested checkpoint must be trained and scored as it was trained: same first stage
         kind, same objective (schedule, parameterization, weighting, time distribution), same conditioning."""
-        for key, groups in (("first_stage", "first_stage="), ("objective", "objective=, schedule=, parameterization=, "
-                            "weighting="), ("conditioning", "conditioning=")):
+        for key, groups in (
+            ("first_stage", "first_stage="),
+            ("objective", "objective=, schedule=, parameterization=, weighting="),
+            ("conditioning", "conditioning="),
+        ):
             theirs, ours = (_recipe(key, node) for node in (stored.get(key), self.hparams.get(key)))
-            same = (_class_name(theirs) == _class_name(ours)) if key == "first_stage" else digest(theirs) == digest(ours)
+            same = (
+                (_class_name(theirs) == _class_name(ours)) if key == "first_stage" else digest(theirs) == digest(ours)
+            )
             if not same:
-                detail = "other settings of" if _class_name(theirs) == _class_name(ours) else f"{_class_name(theirs)}, not"
+                detail = (
+                    "other settings of" if _class_name(theirs) == _class_name(ours) else f"{_class_name(theirs)}, not"
+                )
                 raise CheckpointError(
                     f"This LDM checkpoint was trained with {detail} the {key} the config builds ({_class_name(ours)}): "
-                    f"use the config it was trained with ({groups} as in its run folder's config.yaml)")
+                    f"use the config it was trained with ({groups} as in its run folder's config.yaml)"
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ldm"] = {"kind": self.KIND, "format": self.FORMAT, "first_stage_sha256": self.first_stage_sha256,
-                             "latent_shape": list(self.first_stage.latent_shape)}
+        checkpoint["ldm"] = {
+            "kind": self.KIND,
+            "format": self.FORMAT,
+            "first_stage_sha256": self.first_stage_sha256,
+            "latent_shape": list(self.first_stage.latent_shape),
+        }
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, sampler: Any = None, compile: bool | str = False) -> LatentDiffusionModule:
+    def from_checkpoint(
+        cls, path: str | Path, sampler: Any = None, compile: bool | str = False
+    ) -> LatentDiffusionModule:
         """Rebuild a trained model (first stage, EMA denoiser, objective, sampler) from its checkpoint alone.
 
         `sampler` replaces the stored default sampler (the one it was trained with)."""
@@ -219,25 +252,35 @@ class LatentDiffusionModule(L.LightningModule):
             raise CheckpointError(f"{path}: {_OLD_FORMAT}")
         unknown = set(hparams) - set(inspect.signature(cls.__init__).parameters)
         if unknown:
-            raise CheckpointError(f"{path}: its hyperparameters hold {sorted(unknown)}, which this model does not take; "
-                                  "the file was edited or comes from another version of ldm")
+            raise CheckpointError(
+                f"{path}: its hyperparameters hold {sorted(unknown)}, which this model does not take; "
+                "the file was edited or comes from another version of ldm"
+            )
         try:
             model = cls(**{**hparams, "compile": compile, **({"sampler": sampler} if sampler is not None else {})})
         except (SpecError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: the model it records does not build ({one_line(e)[:200]}); the file was "
-                                  "edited or damaged: use another checkpoint") from e
+            raise CheckpointError(
+                f"{path}: the model it records does not build ({one_line(e)[:200]}); the file was "
+                "edited or damaged: use another checkpoint"
+            ) from e
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
-            raise CheckpointError(f"{path}: its weights do not fit the model it records ({one_line(e)[:200]}); "
-                                  "the file is damaged: use another checkpoint") from e
+            raise CheckpointError(
+                f"{path}: its weights do not fit the model it records ({one_line(e)[:200]}); "
+                "the file is damaged: use another checkpoint"
+            ) from e
         if not model.first_stage.normalizer.fitted:
-            raise CheckpointError(f"{path}: its latent scale is missing or invalid (scale "
-                                  f"{model.first_stage.normalizer.scale.item()}): the file is damaged; use another checkpoint")
+            raise CheckpointError(
+                f"{path}: its latent scale is missing or invalid (scale "
+                f"{model.first_stage.normalizer.scale.item()}): the file is damaged; use another checkpoint"
+            )
         bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise CheckpointError(f"{path} holds NaN/Inf weights ({bad[0]}, ...): sampling from it gives garbage; "
-                                  "use an earlier checkpoint of the run")
+            raise CheckpointError(
+                f"{path} holds NaN/Inf weights ({bad[0]}, ...): sampling from it gives garbage; "
+                "use an earlier checkpoint of the run"
+            )
         return model.eval()
 
     @classmethod
@@ -251,16 +294,24 @@ class LatentDiffusionModule(L.LightningModule):
     def pipeline(self) -> DiffusionPipeline:
         """The EMA denoiser with its objective, first stage, default sampler and guidance (`ldm.pipeline`)."""
         self.first_stage.normalizer.check()  # NaN latents never reach a decoder
-        return DiffusionPipeline(self.compiled(self.ema.model), self.objective, self.first_stage, self.sampler,
-                                 self.conditioning)
+        return DiffusionPipeline(
+            self.compiled(self.ema.model), self.objective, self.first_stage, self.sampler, self.conditioning
+        )
 
     @torch.no_grad()
     def sample(
-        self, num_samples: int, sampler: Any = None, generator: torch.Generator | None = None,
-        labels: Tensor | None = None, guidance: float | None = None, on_step: Callable[[int, int], None] | None = None,
+        self,
+        num_samples: int,
+        sampler: Any = None,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Decoded samples (N, C, H, W) in [0, 1] from the EMA denoiser (see `DiffusionPipeline.sample`)."""
-        return self.pipeline().sample(num_samples, sampler, generator, labels=labels, guidance=guidance, on_step=on_step)
+        return self.pipeline().sample(
+            num_samples, sampler, generator, labels=labels, guidance=guidance, on_step=on_step
+        )
 
     def default_labels(self, num_samples: int) -> Tensor | None:
         """Classes 0, 1, ..., 9, 0, ... for a conditional model (balanced grids), else None."""
@@ -271,12 +322,17 @@ class LatentDiffusionModule(L.LightningModule):
         """Samples, the forward corruption of real data, and one denoising trajectory (`ldm.figures`)."""
         pipeline, generator = self.pipeline(), torch.Generator(device=self.device).manual_seed(0)
         samples = pipeline.sample(num_images, generator=generator, labels=pipeline.default_labels(num_images))
-        return {"samples": samples, "forward_corruption": figures.forward_corruption(pipeline, self.clean(batch)[:4]),
-                "denoising_trajectory": figures.trajectory(pipeline, 4, generator)}
+        return {
+            "samples": samples,
+            "forward_corruption": figures.forward_corruption(pipeline, self.clean(batch)[:4]),
+            "denoising_trajectory": figures.trajectory(pipeline, 4, generator),
+        }
 
 
-_OLD_FORMAT = ("this LDM checkpoint was written by an older version of ldm (before objectives and first stages "
-               "were saved as specs): train it again with this version")
+_OLD_FORMAT = (
+    "this LDM checkpoint was written by an older version of ldm (before objectives and first stages "
+    "were saved as specs): train it again with this version"
+)
 
 
 def _recipe(key: str, node: Any) -> Any:
@@ -295,5 +351,7 @@ def _first_stage(value: nn.Module | str | Path | dict) -> nn.Module:
         return load_first_stage(value)
     stage = built(value, nn.Module)
     if not isinstance(stage, FirstStage):
-        raise ValueError(f"{type(stage).__name__} is not a first stage (encode, decode, latent_shape, normalizer, config)")
+        raise ValueError(
+            f"{type(stage).__name__} is not a first stage (encode, decode, latent_shape, normalizer, config)"
+        )
     return stage

@@ -22,9 +22,7 @@ if TYPE_CHECKING:
     import lightning as L
 
 
-def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
-) -> LambdaLR:
+def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> LambdaLR:
     """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` * lr at `total_steps`."""
     if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"warmup_steps={warmup_steps} must be >= 0 and min_lr_ratio={min_lr_ratio} in [0, 1]")
@@ -39,11 +37,18 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
-def _fused_if_cuda(factory: Callable[..., Optimizer], params: list[torch.nn.Parameter], precision: str) -> dict[str, bool]:
+def _fused_if_cuda(
+    factory: Callable[..., Optimizer], params: list[torch.nn.Parameter], precision: str
+) -> dict[str, bool]:
     """`fused=True` for Adam/AdamW over CUDA parameters unless the config chose: one kernel per step.
     Not under fp16 loss scaling, where Lightning cannot clip a fused optimizer's gradients."""
     if isinstance(factory, functools.partial) and factory.func in (torch.optim.Adam, torch.optim.AdamW):
-        if "fused" not in factory.keywords and params and all(p.is_cuda for p in params) and not precision.startswith("16"):
+        if (
+            "fused" not in factory.keywords
+            and params
+            and all(p.is_cuda for p in params)
+            and not precision.startswith("16")
+        ):
             return {"fused": True}
     return {}
 
@@ -77,8 +82,10 @@ def configure(module: L.LightningModule, params: Iterable[torch.nn.Parameter]) -
     # Without a Trainer (notebooks, tests) the total is unknown; the schedule then stays at its start.
     total_steps = trainer.estimated_stepping_batches if trainer is not None else 1
     if not math.isfinite(total_steps):
-        raise ConfigError("model.scheduler needs the run's length, but it has none (trainer.max_epochs=-1 and no "
-                          "trainer.max_steps): set trainer.max_epochs >= 1 or trainer.max_steps, or model.scheduler=null")
+        raise ConfigError(
+            "model.scheduler needs the run's length, but it has none (trainer.max_epochs=-1 and no "
+            "trainer.max_steps): set trainer.max_epochs >= 1 or trainer.max_steps, or model.scheduler=null"
+        )
     try:
         scheduler = module.scheduler_factory(built, total_steps=total_steps)
     except (ValueError, TypeError) as e:

@@ -76,7 +76,9 @@ class VAEModule(L.LightningModule):
             raise ValueError(f"model.recon_loss={recon_loss!r} is not one of {sorted(RECON_LOSSES)}")
         if not (0 <= beta < math.inf) or beta_warmup_steps < 0:
             raise ValueError(f"model.beta={beta} and model.beta_warmup_steps={beta_warmup_steps} must be >= 0")
-        self.save_hyperparameters(ignore=["vae", "optimizer", "scheduler"], logger=False)  # loggers get the resolved config
+        self.save_hyperparameters(
+            ignore=["vae", "optimizer", "scheduler"], logger=False
+        )  # loggers get the resolved config
         vae = built(vae, AutoencoderKL)
         self.hparams["vae"] = spec(vae)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.vae = vae
@@ -118,8 +120,9 @@ class VAEModule(L.LightningModule):
             self.psnr[stage](images, x)
             self.ssim[stage](images, x)
             metrics.update({f"{stage}/psnr": self.psnr[stage], f"{stage}/ssim": self.ssim[stage]})
-        self.log_dict(metrics, on_step=train, on_epoch=True, prog_bar=stage == "val",
-                      batch_size=len(x), sync_dist=not train)
+        self.log_dict(
+            metrics, on_step=train, on_epoch=True, prog_bar=stage == "val", batch_size=len(x), sync_dist=not train
+        )
         return loss
 
     def configure_optimizers(self) -> Any:
