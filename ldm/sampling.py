@@ -85,6 +85,7 @@ class Request:
     compile: bool | str = False
     trajectory: bool = False
     grid_size: int = 100
+    grid_columns: int | None = None  # None: a prompt in one row (up to 20), balanced classes 10 per row
     steps: int | None = None  # overrides the sampler's num_steps
     eta: float | None = None  # overrides the sampler's eta (ddim, flow_ancestral)
 
@@ -100,6 +101,7 @@ class Request:
                 "model's default",
             ),
             ("grid_size", self.grid_size >= 0, "must be >= 0 (0: no grid.png)"),
+            ("grid_columns", self.grid_columns is None or self.grid_columns >= 1, "must be >= 1 (or null)"),
             (
                 "labels",
                 self.labels is None or (len(self.labels) > 0 and all(_is_int(v) for v in self.labels)),
@@ -361,10 +363,10 @@ def _figures(
         images = torch.from_numpy(shown if shown.ndim == 4 else shown[:, None])
         labels = batch_labels(given, source.num_classes, 0, len(images))
         if labels is not None:  # prompts read left to right; balanced grids show 0..9 per row
-            nrow = len(images) if given is not None else source.num_classes
-            image = labelled_grid(images, labels, min(nrow, 20))
+            nrow = request.grid_columns or (min(len(images), 20) if given is not None else source.num_classes)
+            image = labelled_grid(images, labels, nrow)
         else:
-            image = grid_image(images, math.ceil(math.sqrt(len(images))))
+            image = grid_image(images, request.grid_columns or math.ceil(math.sqrt(len(images))))
         save_png(out / "grid.png", image, hint)
     if request.trajectory and source.model is not None:
         frames, per_row = trajectory(source.model.pipeline(), 8, generator)

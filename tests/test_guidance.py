@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ldm.diffusion import DDIMSampler, DDPMSampler, DPMSolverPP2M
 from ldm.diffusion.guidance import ClassConditioning, guide
@@ -127,6 +128,22 @@ def test_sample_py_prompt_writes_labels(vae_ckpt: Path, tmp_path: Path) -> None:
     data = np.load(tmp_path / "samples.npz")
     assert data["labels"].tolist() == [1, 9, 2, 3, 5, 0] and data["labels"].dtype == np.int64
     assert data["images"].shape == (6, 28, 28)
+    # The lesson's 8 x 8 prompt grid: 64 digits, 8 per row (a row of 64 used to be cut at 20 columns).
+    prompt = " ".join(str(i % 10) for i in range(64))
+    run(
+        _compose(
+            [
+                f"ckpt={tmp_path / 'cond.ckpt'}",
+                f'prompt="{prompt}"',
+                "grid_columns=8",
+                f"out={tmp_path / 'g'}",
+                "device=cpu",
+                "steps=2",
+            ]
+        )
+    )
+    grid = Image.open(tmp_path / "g" / "grid.png")
+    assert grid.size == (8 * 30, 8 * (30 + 12))  # 8 cells of 28 + 2 px across; 8 rows, each under a label strip
     run(_compose([f"ckpt={tmp_path / 'cond.ckpt'}", "num_samples=12", f"out={tmp_path}", "device=cpu"]))
     assert np.load(tmp_path / "samples.npz")["labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     with pytest.raises(ValueError, match=r"\['twelve'\]"):
