@@ -38,9 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# As a script, Python puts experiments/ first on sys.path, where tabulate.py would shadow the
-# `tabulate` package that torch._dynamo imports; the repository root takes its place, so `ldm`
-# also imports without `pip install -e .`.
+# As a script, Python puts experiments/ first on sys.path; the repository root takes its place, so
+# `ldm` imports without `pip install -e .` and no script here can shadow an installed package.
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 

@@ -27,4 +27,4 @@ row ddim_10 "$ldm" "$n" sampler=ddim steps=10
 row ddim_50_eta0 "$ldm" "$n" sampler=ddim steps=50 eta=0   # deterministic DDIM
 row dpmpp_20 "$ldm" "$n" sampler=dpmpp steps=20
 row dpmpp_10 "$ldm" "$n" sampler=dpmpp steps=10
-python experiments/tabulate.py "$out"/*/metrics.json
+python experiments/results_table.py "$out"/*/metrics.json

@@ -12,4 +12,4 @@ for w in 0 1 2 3 5; do
   echo "+ $cmd"
   $cmd >/dev/null
 done
-python experiments/tabulate.py "$out"/w*/metrics.json
+python experiments/results_table.py "$out"/w*/metrics.json

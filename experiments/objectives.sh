@@ -78,4 +78,4 @@ for row in "${rows[@]}"; do   # each model trained, then scored at 10 and 20 eva
   scores $row 10; scores $row 20
 done
 for row in "${rows[@]}"; do scores $row 50; done
-python experiments/tabulate.py "$out"/*.*/metrics.json
+python experiments/results_table.py "$out"/*.*/metrics.json

@@ -40,7 +40,7 @@ def test_plots_a_sweep_and_reads_each_series(tmp_path: Path) -> None:
 def test_tabulate_prints_each_row_against_the_floor(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import json
 
-    import tabulate
+    import results_table
 
     for name, fid in (("ddim_10", 0.6), ("ddim_20", 0.3)):
         (tmp_path / name).mkdir()
@@ -51,7 +51,7 @@ def test_tabulate_prints_each_row_against_the_floor(tmp_path: Path, capsys: pyte
             "sampling": {"seconds": 12.5},
         }
         (tmp_path / name / "metrics.json").write_text(json.dumps(result))
-    tabulate.main([str(tmp_path / "ddim_10" / "metrics.json"), str(tmp_path / "ddim_20" / "metrics.json")])
+    results_table.main([str(tmp_path / "ddim_10" / "metrics.json"), str(tmp_path / "ddim_20" / "metrics.json")])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| ddim_10 | 100 | 0.6 | 0.01 | 3.00x | 12.5 |"
     assert lines[3].startswith("| ddim_20 | 100 | 0.3 | 0.01 | 1.50x |")

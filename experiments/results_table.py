@@ -1,6 +1,6 @@
 """Print evaluate.py results (metrics.json files) as one Markdown table, with the floor rows.
 
-python experiments/tabulate.py out/*/metrics.json
+python experiments/results_table.py out/*/metrics.json
 
 FID / floor: the row's FID over the FID real train digits reach against the same reference with
 the same count (the `floor` evaluate.py computes); 1.0 would be indistinguishable from real data
