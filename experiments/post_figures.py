@@ -100,7 +100,8 @@ def plot_latents(out: Path, vae_ckpt: Path, data_dir: Path, n: int = 10_000, sho
         cells = [x[row, 0]] + [z[row, c] for c in range(channels)]
         for col, image in enumerate(cells):
             ax = fig.add_subplot(grid[row, col])
-            ax.imshow(image, cmap="gray" if col == 0 else "RdBu_r")
+            limit = float(z[:shown].abs().max())  # one symmetric colour scale for every latent cell
+            ax.imshow(image, cmap="gray") if col == 0 else ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title("digit" if col == 0 else f"z[{col - 1}]", fontsize=8)
@@ -111,11 +112,8 @@ def plot_latents(out: Path, vae_ckpt: Path, data_dir: Path, n: int = 10_000, sho
     ax = fig.add_subplot(grid[:, -1])
     points = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=1.5, alpha=0.6)
     ax.legend(*points.legend_elements(), fontsize=6, markerscale=0.8, loc="best", title="digit")
-    ax.set(
-        title=f"{n} test digits: PCA of the latent means ({explained[0]:.0%}, {explained[1]:.0%})",
-        xlabel="PC 1",
-        ylabel="PC 2",
-    )
+    title = f"PCA of {n} test latents\n(PC 1 {explained[0]:.0%}, PC 2 {explained[1]:.0%} of the variance)"
+    ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
     return _save(fig, out)
 
 
