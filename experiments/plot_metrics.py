@@ -17,6 +17,9 @@ import math
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ldm.io import atomic_write  # noqa: E402
+
 DEFAULT_KEYS = ("train/loss_epoch", "val/loss", "val/fid")
 
 
@@ -88,10 +91,7 @@ def plot(files: list[Path], keys: tuple[str, ...], x: str, out: Path) -> Path:
     if len(data) > 1:
         axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return out
 

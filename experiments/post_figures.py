@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from ldm.data.idx import find_idx_file, read_idx  # noqa: E402
 from ldm.diffusion.schedules import NoiseSchedule  # noqa: E402
+from ldm.io import atomic_write  # noqa: E402
 
 
 def schedules() -> dict[str, NoiseSchedule]:
@@ -121,10 +122,7 @@ def _save(fig, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return out
 
