@@ -16,32 +16,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ldm.checkpoints import CheckpointError, checkpoint_kind, find_latest
+from ldm.checkpoints import CheckpointError, checkpoint_kind, checkpoint_of
 from ldm.grids import grid_image, save_png
 from ldm.pipeline import DiffusionPipeline
 from ldm.sampling import pick_device
 from ldm.systems.latent_diffusion import LatentDiffusionModule
-
-
-def checkpoint_of(source: str | Path | None = None, registry: str | Path = "logs/latest") -> Path:
-    """The LDM checkpoint `source` names: a .ckpt file; a run folder (its best checkpoint, else its
-    last.ckpt); a registry folder holding ldm.json; or None for the latest run in `registry`."""
-    if source is None:
-        return find_latest(registry, "ldm")
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    if (path / "ldm.json").is_file():
-        return find_latest(path, "ldm")
-    checkpoints = path / "checkpoints"
-    if checkpoints.is_dir():
-        best = sorted(p for p in checkpoints.glob("*.ckpt") if not p.name.startswith("last"))
-        if best or (checkpoints / "last.ckpt").is_file():
-            return best[-1] if best else checkpoints / "last.ckpt"
-    raise CheckpointError(
-        f"{path} is neither a checkpoint, a run folder with checkpoints/ nor a registry folder "
-        "with ldm.json: pass e.g. logs/ldm/runs/<time> or logs/ldm/runs/<time>/checkpoints/last.ckpt"
-    )
 
 
 def load(
@@ -66,6 +45,7 @@ def load(
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Write (N, C, H, W) images (floats in [0, 1] or uint8) as one PNG grid, `nrow` per row
     (default: a square); written atomically. Returns the path."""
+    images = torch.as_tensor(images)  # numpy arrays too
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     nrow = nrow or max(1, int(len(images) ** 0.5 + 0.5))

@@ -146,7 +146,7 @@ class CpuEstimate(L.Callback):
         self,
         skip_steps: int = 5,
         measure_steps: int = 20,
-        hint: str = "For a CPU run of minutes: bash experiments/pipeline.sh tiny",
+        hint: str = "For a CPU run of minutes, in the repository: bash experiments/pipeline.sh tiny",
     ) -> None:
         if skip_steps < 0 or measure_steps < 1:
             raise ValueError(f"skip_steps={skip_steps} must be >= 0 and measure_steps={measure_steps} >= 1")
@@ -186,6 +186,8 @@ class CpuEstimate(L.Callback):
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     minutes = seconds / 60
     return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 

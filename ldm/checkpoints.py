@@ -164,3 +164,29 @@ def load_vae(path: str | Path) -> AutoencoderKL:
 def load_classifier(path: str | Path) -> MNISTClassifier:
     """Rebuild the classifier a `ClassifierModule` checkpoint was trained with (eval mode)."""
     return _load_network(path, "classifier", MNISTClassifier, ("classifier",))
+
+
+def checkpoint_of(source: str | Path | None = None, registry: str | Path = "logs/latest") -> Path:
+    """The checkpoint `source` names: a .ckpt file; a run folder (its best checkpoint, else its
+    last.ckpt); a registry folder holding ldm.json (its LDM); or None for the latest LDM in `registry`."""
+    if source is None:
+        if not (Path(registry) / "ldm.json").is_file():
+            raise CheckpointError(
+                f"No LDM run recorded in {Path(registry) / 'ldm.json'}: train one (python train.py "
+                "model=ldm), or name a checkpoint, run folder or registry folder"
+            )
+        return find_latest(registry, "ldm")
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if (path / "ldm.json").is_file():
+        return find_latest(path, "ldm")
+    checkpoints = path / "checkpoints"
+    if checkpoints.is_dir():
+        best = sorted(p for p in checkpoints.glob("*.ckpt") if not p.name.startswith("last"))
+        if best or (checkpoints / "last.ckpt").is_file():
+            return best[-1] if best else checkpoints / "last.ckpt"
+    raise CheckpointError(
+        f"{path} is neither a checkpoint, a run folder with checkpoints/ nor a registry folder "
+        "with ldm.json: pass e.g. logs/ldm/runs/<time> or logs/ldm/runs/<time>/checkpoints/last.ckpt"
+    )

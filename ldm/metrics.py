@@ -284,6 +284,11 @@ def real_floor(
     is near this floor is indistinguishable from held-out data to this classifier; IS here is the
     real data's IS, the most a faithful generator should reach.
     """
+    if num_samples > len(train_images):
+        raise ValueError(
+            f"the floor needs {num_samples} real train digits (as many as the samples, since FID's bias depends on the "
+            f"count) but there are {len(train_images)}: score fewer samples, or pass floor=false"
+        )
     generator = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(train_images), generator=generator)[:num_samples]
     return sample_metrics(train_images[idx], real_features, extractor, k=k, seed=seed)

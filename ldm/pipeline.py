@@ -90,8 +90,9 @@ class DiffusionPipeline:
         """
         net = self.network
         if self.conditioning is None:
-            if labels is not None:
-                raise ValueError("labels were given but this model is unconditional (train with conditioning=class)")
+            if labels is not None or guidance is not None:
+                what = "labels were" if labels is not None else "guidance was"
+                raise ValueError(f"{what} given but this model is unconditional (train with conditioning=class)")
             return net
         w = self.conditioning.guidance if guidance is None else guidance
         check_guidance(w)
@@ -123,6 +124,8 @@ class DiffusionPipeline:
         `labels` (N,) picks each sample's class for a conditional model; `guidance` is w
         (default: the model's `conditioning.guidance`).
         """
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         if labels is not None:
             labels = torch.as_tensor(labels, device=self.device)
             if labels.shape != (num_samples,) or labels.is_floating_point():

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
-from ldm.checkpoints import CheckpointError, checkpoint_kind, load_vae
+from ldm.checkpoints import CheckpointError, checkpoint_kind, checkpoint_of, load_vae
 from ldm.errors import ConfigError
 from ldm.figures import trajectory
 from ldm.grids import grid_image, labelled_grid, save_png
@@ -143,10 +143,11 @@ def with_overrides(sampler: Any, steps: int | None, eta: float | None) -> Any:
 
 @dataclass
 class Source:
-    """(n, generator, labels, on_step) -> n images in [0, 1]; its name; the LDM, if it is one."""
+    """(n, generator, labels, on_step) -> n images in [0, 1]; its name; its checkpoint file; the LDM, if it is one."""
 
     generate: Callable[[int, torch.Generator, Tensor | None, Callable[[int, int], None]], Tensor]
     name: str
+    ckpt: Path
     model: LatentDiffusionModule | None = None
 
     @property
@@ -156,12 +157,15 @@ class Source:
 
 def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device) -> Source:
     """What draws the samples: an LDM's EMA denoiser + its VAE decoder, or a VAE decoding N(0, I)."""
-    if Path(ckpt).is_dir():
-        raise ConfigError(f"ckpt={ckpt} is a folder: pass a checkpoint file in it (e.g. <run>/checkpoints/last.ckpt)")
+    if Path(ckpt).is_dir():  # a run folder or a registry folder: the checkpoint it names
+        try:
+            ckpt = checkpoint_of(ckpt)
+        except CheckpointError as e:
+            raise ConfigError(f"ckpt={ckpt}: {e}") from None
     if not Path(ckpt).is_file():
         raise ConfigError(
-            f"ckpt={ckpt} does not exist: pass an LDM or VAE checkpoint "
-            "(logs/<stage>/runs/*/checkpoints/*.ckpt), or leave ckpt unset for the latest LDM run"
+            f"ckpt={ckpt} does not exist: pass an LDM or VAE checkpoint, its run folder (logs/<stage>/runs/<time>) or "
+            "a registry folder (logs/debug/latest), or leave ckpt unset for the latest LDM run"
         )
     kind = checkpoint_kind(ckpt)
     if kind == "vae":
@@ -173,7 +177,9 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
         vae = load_vae(ckpt).to(device)
         shape = vae.latent_shape
         return Source(
-            lambda n, g, y, on_step: vae.decode(torch.randn((n, *shape), generator=g, device=device)), "vae prior"
+            lambda n, g, y, on_step: vae.decode(torch.randn((n, *shape), generator=g, device=device)),
+            "vae prior",
+            Path(ckpt),
         )
     if kind != "ldm":
         raise CheckpointError(f"{ckpt} is a {kind} checkpoint; sample.py needs an ldm or vae checkpoint")
@@ -187,7 +193,10 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
     guidance = request.guidance
     name = repr(model.sampler) + (f", guidance {guidance}" if guidance is not None else "")
     return Source(
-        lambda n, g, y, on_step: model.sample(n, generator=g, labels=y, guidance=guidance, on_step=on_step), name, model
+        lambda n, g, y, on_step: model.sample(n, generator=g, labels=y, guidance=guidance, on_step=on_step),
+        name,
+        Path(ckpt),
+        model,
     )
 
 
@@ -272,8 +281,9 @@ def draw(request: Request, ckpt: str | Path, sampler: Any = None) -> Path:
 
 
 def _draw(request: Request, ckpt: str | Path, sampler: Any) -> Path:
-    device, ckpt, out = pick_device(request.device), Path(ckpt), Path(request.out)
+    device, out = pick_device(request.device), Path(request.out)
     source = load_source(ckpt, sampler, request, device)
+    ckpt = source.ckpt
     given = given_labels(request, source.num_classes)
     num_samples = len(given) if given is not None else request.num_samples  # one sample per prompt token
     batch_size = request.batch_size or (10_000 if device.type == "cuda" else 1000)
@@ -286,7 +296,7 @@ def _draw(request: Request, ckpt: str | Path, sampler: Any) -> Path:
         log.info("Continuing: %d of %d batches were already drawn into %s", done, len(sizes), parts.folder)
     start = time.perf_counter()
     bar = progress_bar()
-    task = bar.add_task(f"sampling {num_samples}", total=None)
+    task = bar.add_task(f"sampling {num_samples}: sampler steps", total=None)
 
     def on_step(i: int, n: int) -> None:  # host side only: the bar moves with each sampler step of each batch
         if bar.tasks[0].total is None:

@@ -43,18 +43,24 @@ def test_the_readme_python_example_runs(tmp_path: Path, mnist_dir: Path, monkeyp
     again = scope["pipe"].sample(16, sampler="ddim", steps=20, seed=0, on_step=lambda i, n: calls.append((i, n)))
     assert torch.equal(images, again)  # seed= is the whole randomness
     assert calls == [(i, 20) for i in range(20)]
+    with pytest.raises(ValueError, match="guidance was given but this model is unconditional"):
+        scope["pipe"].sample(2, guidance=3.0)
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        scope["pipe"].sample(-1)
 
 
 def test_load_names_what_it_takes(tmp_path: Path) -> None:
     import ldm
     from ldm.checkpoints import CheckpointError
 
-    with pytest.raises(CheckpointError, match="No ldm checkpoint recorded"):
+    with pytest.raises(CheckpointError, match="No LDM run recorded"):
         ldm.load(registry=tmp_path)
     with pytest.raises(CheckpointError, match="neither a checkpoint, a run folder"):
         ldm.load(tmp_path)
     with pytest.raises(TypeError, match="list of strings"):
         ldm.compose("model=vae")
+    with pytest.raises(TypeError, match="list of strings"):
+        ldm.train({"model": "vae"})
 
 
 def test_samplers_by_name_steps_and_eta() -> None:

@@ -153,3 +153,15 @@ def test_one_line_error_and_exit_status_from_the_command_line(tmp_path: Path) ->
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert "Traceback" not in output and f"samples={tmp_path / 'samples.npz'} is not an .npz" in output
+
+
+def test_the_floor_needs_as_many_real_digits_as_samples(tmp_path: Path, mnist_dir: Path) -> None:
+    """300 samples but 256 training digits (320 minus the 64 of validation): the floor would silently
+    be scored with fewer, so it is refused before any scoring; floor=false still scores."""
+    from ldm.cli.evaluate import evaluate
+
+    images, _ = fake_digits(300, seed=3)
+    np.savez(tmp_path / "samples.npz", images=images)
+    with pytest.raises(ConfigError, match=r"as many real train digits as there are samples \(300\).*has 256"):
+        evaluate(_compose([f"samples={tmp_path / 'samples.npz'}", *_base(tmp_path, mnist_dir)]))
+    assert evaluate(_compose([f"samples={tmp_path / 'samples.npz'}", "floor=false", *_base(tmp_path, mnist_dir)]))

@@ -295,3 +295,21 @@ def test_damaged_or_nan_weights_are_one_line_not_black_samples(
     with pytest.raises(CheckpointError, match=message):
         run(_compose([f"ckpt={tmp_path / 'bad.ckpt'}", "num_samples=2", f"out={tmp_path / 'out'}", "device=cpu"]))
     assert not (tmp_path / "out" / "samples.npz").exists()
+
+
+def test_ckpt_may_be_a_run_or_registry_folder(checkpoints, tmp_path: Path) -> None:
+    import shutil
+
+    from ldm.cli.sample import run
+
+    run_dir = tmp_path / "logs" / "ldm" / "runs" / "t0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoints["ldm"], run_dir / "checkpoints" / "last.ckpt")
+    record_latest(tmp_path / "registry", "ldm", run_dir / "checkpoints" / "last.ckpt")
+    for folder in (run_dir, tmp_path / "registry"):
+        out = tmp_path / f"out_{folder.name}"
+        run(_compose([f"ckpt={folder}", "num_samples=2", f"out={out}", "device=cpu", "steps=2"]))
+        assert json.loads((out / "sampling.json").read_text())["ckpt"] == str(run_dir / "checkpoints" / "last.ckpt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither a checkpoint, a run folder"):
+        run(_compose([f"ckpt={tmp_path / 'empty'}", "num_samples=2", f"out={tmp_path}", "device=cpu"]))

@@ -86,3 +86,38 @@ def test_every_wandb_sweep_command_is_a_valid_config(tmp_path: Path, mnist_dir: 
         values = spec.get("values") or [spec["min"], spec["max"]]
         for value in values:
             compose_cfg(tmp_path, mnist_dir, [*fixed, f"{key}={value}"])
+
+
+def test_a_failed_optuna_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, mnist_dir: Path) -> None:
+    """One trial's run fails (an invalid batch size drawn from the search space): it is recorded as
+    failed, the other trials run, and the study ends with its best completed point."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    vae, classifier = save_vae_checkpoint(tmp_path / "vae.ckpt"), save_classifier_checkpoint(tmp_path / "cls.ckpt")
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "hparams_search=ldm_optuna",
+        "hydra.sweeper.n_trials=4",
+        "data.batch_size=choice(64,0)",
+        f"vae_ckpt={vae}",
+        f"callbacks.sample_quality.classifier_ckpt={classifier}",
+        "callbacks.sample_quality.every_n_epochs=1",
+        "callbacks.sample_quality.num_samples=16",
+        "callbacks.sample_quality.batch_size=16",
+        "callbacks.progress_bar=null",
+        "callbacks.images=null",
+        "test=false",
+        f"paths.root_dir={tmp_path}",
+        *[o for o in LDM_TINY if not o.startswith(("callbacks.images", "data.batch_size"))],
+    ]
+    result = subprocess.run(
+        command, env={**os.environ, "LDM_DATA_DIR": str(mnist_dir)}, capture_output=True, text=True, timeout=900
+    )
+    output = result.stdout + result.stderr
+    # Exit status 1 says a job failed (as in any multirun), after the whole study ran.
+    assert result.returncode == 1 and "multirun job(s) failed" in output, output[-3000:]
+    (sweep,) = (tmp_path / "logs" / "debug" / "ldm" / "multiruns").iterdir()
+    assert len([p for p in sweep.iterdir() if p.name.isdigit()]) == 4
+    assert "data.batch_size=0" in output  # at least one trial drew the bad value...
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["data.batch_size"] == 64 and results["best_value"] > 0  # ...and one completed

@@ -398,6 +398,7 @@ def test_tensorboard_logger_writes_events(tmp_path: Path, mnist_dir: Path, caplo
     with caplog.at_level("INFO", logger="train"):
         train(compose_cfg(tmp_path, mnist_dir, overrides))
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()  # the CSV every run writes
     assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in caplog.text
 
 
@@ -462,3 +463,17 @@ def test_wandb_summaries_keep_the_best_fid_not_the_last(tmp_path: Path) -> None:
         logger.experiment.log({"val/fid": fid})
     assert dict(logger.experiment.summary["val/fid"]) == {"min": 4}
     logger.experiment.finish()
+
+
+def test_resuming_with_other_values_names_them(
+    tmp_path: Path, mnist_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ckpt_path= with a config that differs from the run's own (a multirun job resumed without its
+    overrides): the keys and both values are named; what a resume is expected to change is not."""
+    train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=1", "model.beta=1e-2"]))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("WARNING"):
+        train(compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert "Resuming with a config that differs from the run's own" in caplog.text
+    assert "model.beta: 0.01 -> 0.001" in caplog.text
+    assert "max_epochs" not in caplog.text.split("differs")[1]

@@ -26,8 +26,8 @@ from ldm.cli import CONF_DIR, resolvers
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """conf/<config_name>.yaml with command-line style `overrides`, as the command would compose it
     (the `hydra` node included, so that `train` can claim the run folder)."""
-    if isinstance(overrides, str):
-        raise TypeError(f"overrides must be a list of strings, e.g. [{overrides!r}], not one string")
+    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError(f"overrides must be a list of strings like ['model=vae'], got {overrides!r}")
     resolvers.register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):

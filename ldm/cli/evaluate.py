@@ -116,6 +116,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(
             f"json={values['json']} is a folder: give a file, e.g. json={Path(values['json']) / 'metrics.json'}"
         )
+    if values["samples"] and values["ckpt"]:
+        raise ConfigError("give samples= (score saved samples) or ckpt= (sample, then score), not both")
     device = pick_device(values["device"])
     samples = Path(values["samples"]) if values["samples"] else draw_from_config(cfg, values)
     images, labels = load_samples(samples)
@@ -125,6 +127,11 @@ def evaluate(cfg: DictConfig) -> dict:
     check_samples(samples, images, labels, classifier, real["test"])
     counts = {"samples": len(images), "real test images": len(real["test"])}
     check_k(values["k"], **counts, **({"real train images": len(real["train"])} if values["floor"] else {}))
+    if values["floor"] and len(images) > len(real["train"]):  # before any scoring: the floor needs as many
+        raise ConfigError(
+            f"floor=true scores as many real train digits as there are samples ({len(images)}), but the data has "
+            f"{len(real['train'])}: score fewer samples, or pass floor=false"
+        )
     extractor = ClassifierFeatures(classifier).to(device)
     with phase(f"features of the {len(real['test'])} real test digits (cached after the first run)"):
         reference = cached_reference_features(real["test"], extractor, values["cache_dir"])

@@ -15,6 +15,8 @@ _RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric
 WARNINGS = (
     # Lightning's own use of a deprecated torch API (lightning/pytorch/utilities/_pytree.py).
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # torchmetrics' KID keeps every feature in memory: by design here (10k x 128 floats).
+    r"Metric `Kernel Inception Distance` will save all extracted features in buffer.*",
     # The LDM's frozen first stage and EMA copy are in eval mode on purpose.
     r".*module\(s\) in eval mode at the start of training.*",
 )

@@ -16,10 +16,11 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
+import yaml
 from filelock import FileLock, Timeout
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -136,7 +137,46 @@ def record_config(cfg: DictConfig, output_dir: Path) -> Path:
     while (path := output_dir / (f"{stem}.yaml" if n == 0 else f"{stem}_{n}.yaml")).exists():
         n += 1
     text = OmegaConf.to_yaml(cfg, resolve=True)
+    if stem != "config":
+        _warn_changed(output_dir / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# Keys a resume is expected to change: how long it runs, where it resumes from, the loggers' run names.
+_RESUME_KEYS = ("ckpt_path", "trainer.max_epochs", "trainer.max_steps", "logger.", "paths.", "tags")
+
+
+def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs (nested dicts), sorted."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(set(before) | set(after))
+        return [k for key in keys for k in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if before != after else []
+
+
+def _warn_changed(first: Path, now: dict[str, Any]) -> None:
+    """A resume whose config differs from the run's first one: say which keys, loudly (the run goes on:
+    changing the learning rate or the epochs on resume can be what the user wants)."""
+    try:
+        before = yaml.safe_load(first.read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    changed = [k for k in changed_keys(before, now) if not k.startswith(_RESUME_KEYS)]
+    if changed:
+        shown = ", ".join(f"{k}: {_get(before, k)!r} -> {_get(now, k)!r}" for k in changed[:8])
+        log.warning(
+            "Resuming with a config that differs from the run's own (%s): %s%s. If that is not intended, stop "
+            "and resume with the run's values (its config.yaml)",
+            first,
+            shown,
+            f" and {len(changed) - 8} more" if len(changed) > 8 else "",
+        )
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 class reported:

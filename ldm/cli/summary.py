@@ -18,7 +18,7 @@ def run_summary(
         score = next((f"  ({key} {metrics[key]:.4g})" for key in ("val/fid", "val/loss") if key in metrics), "")
         rows.append(("best checkpoint", f"{best}{score}"))
     if last and Path(last).is_file():
-        rows.append(("last checkpoint", f"{last}  (resume: ckpt_path=last)"))
+        rows.append(("last checkpoint", f"{last}  (resume: the same command + ckpt_path=last)"))
     images = sorted((output_dir / "images").glob("*.png"), key=lambda p: p.stat().st_mtime)
     if images:
         rows.append(("images", f"{output_dir / 'images'}/  (newest: {images[-1].name})"))
@@ -27,7 +27,8 @@ def run_summary(
             rows.append(
                 (
                     "metrics",
-                    f"{Path(logger.log_dir, 'metrics.csv')}  (plot: python experiments/plot_metrics.py {output_dir})",
+                    f"{Path(logger.log_dir, 'metrics.csv')}  (plot, in the repository: "
+                    f"python experiments/plot_metrics.py {output_dir})",
                 )
             )
         elif isinstance(logger, WandbLogger):

@@ -154,9 +154,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return optimized_value(metrics, cfg.get("optimized_metric"))
 
 
-def optimized_value(metrics: dict[str, float] | None, key: str | None) -> float:
-    """What a sweeper (Optuna) optimises: `metrics[key]`; NaN for a failed job or a missing metric,
-    which Optuna records as a failed trial while the study goes on."""
+def optimized_value(metrics: dict[str, float] | None, key: str | None) -> float | None:
+    """What a sweeper (Optuna) optimises: `metrics[key]`; None for a failed job or a missing metric,
+    which the Optuna sweeper records as a failed trial (with `max_failure_rate: 1.0` the study goes on)."""
     if metrics is not None and key in metrics:
         return metrics[key]
     if metrics is not None and "BasicSweeper" not in HydraConfig.get().sweeper._target_:
@@ -167,7 +167,7 @@ def optimized_value(metrics: dict[str, float] | None, key: str | None) -> float:
             key,
             sorted(metrics),
         )
-    return float("nan")
+    return None
 
 
 def main() -> None:
