@@ -101,7 +101,12 @@ def plot(results: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), sharey=True)
+    cols = 3
+    rows = -(-len(names) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), sharey=True, squeeze=False)
+    axes = grid.flatten()
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
     for ax, schedule in zip(axes, names):
         for sampler, by_steps in results[schedule].items():
             steps = sorted(by_steps)
@@ -109,9 +114,10 @@ def plot(results: dict, out: Path) -> Path:
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set(title=schedule, xscale="log", xlabel="sampler steps")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("output variance / data variance")
-    for ax in (axes[0], axes[-1]):
-        ax.legend(fontsize=6)
+    for ax in grid[:, 0]:
+        ax.set_ylabel("output variance / data variance")
+    for ax in axes[: len(names)]:
+        ax.legend(fontsize=5)
     fig.tight_layout()
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
