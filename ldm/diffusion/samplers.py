@@ -293,6 +293,8 @@ def sample(
     progress: bool = False,
     clip: float | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    start: int | None = None,
+    after_step: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Run ``sampler`` from x_T ~ N(0, I) (or the given ``x_T``) down to clean data.
 
@@ -300,13 +302,20 @@ def sample(
     have no fixed range) clamps x0_hat to [-clip, clip] and recomputes eps_hat so
     the pair stays consistent with x_t. With ``return_trajectory`` also returns
     [x_T, x_{t_1}, ..., x0] (num_steps + 1 tensors). ``on_step(i, n)`` is called after each of
-    the n steps (host side only: no device sync).
+    the n steps (host side only: no device sync). ``start``: ``x_T`` is x at that step and only the
+    sampler's steps below it run (SDEdit). ``after_step(x_s, s)`` may replace each new state (inpainting).
     """
     device = torch.device(device) if device is not None else schedule.alpha.device
     x = _randn(shape, generator, device, torch.float32) if x_T is None else x_T.to(device)
     if x.shape != torch.Size(shape):
         raise ValueError(f"x_T has shape {tuple(x.shape)}, expected shape={tuple(shape)}")
     steps = sampler.timesteps(schedule).tolist()
+    if start is not None:
+        if x_T is None or not 0 <= start < schedule.num_timesteps:
+            raise ValueError(
+                f"start={start} needs x_T (the state at that step) and 0 <= start < {schedule.num_timesteps}"
+            )
+        steps = [start] + [t for t in steps if t < start]
     trajectory, state = [x], None
     for i, t in enumerate(steps):
         s = steps[i + 1] if i + 1 < len(steps) else CLEAN
@@ -316,6 +325,8 @@ def sample(
             x0_hat = x0_hat.clamp(-clip, clip)
             eps_hat = (x - alpha_t * x0_hat) / sigma_t
         x, state = sampler.step(schedule, x, x0_hat, eps_hat, t, s, state=state, generator=generator)
+        if after_step is not None:
+            x = after_step(x, s)
         if return_trajectory:
             trajectory.append(x)
         if on_step is not None:
