@@ -16,28 +16,38 @@ from test_classifier import save_classifier_checkpoint
 from test_train import LDM_TINY
 
 
-def test_optuna_search_runs_two_trials_on_val_fid(tmp_path: Path, mnist_dir: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+def _optuna(tmp_path: Path, mnist_dir: Path, *extra: str, batch: str = "64") -> subprocess.CompletedProcess:
+    """`train.py hparams_search=ldm_optuna` on a tiny LDM whose every epoch is scored by val/fid."""
     vae, classifier = save_vae_checkpoint(tmp_path / "vae.ckpt"), save_classifier_checkpoint(tmp_path / "cls.ckpt")
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "hparams_search=ldm_optuna",
-        "hydra.sweeper.n_trials=2",
-        f"vae_ckpt={vae}",
+    scored = [
         f"callbacks.sample_quality.classifier_ckpt={classifier}",
         "callbacks.sample_quality.every_n_epochs=1",
         "callbacks.sample_quality.num_samples=16",
         "callbacks.sample_quality.batch_size=16",
+    ]
+    tiny = [o for o in LDM_TINY if not o.startswith(("callbacks.images", "data.batch_size"))] + [
+        f"data.batch_size={batch}"
+    ]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "hparams_search=ldm_optuna",
+        f"vae_ckpt={vae}",
+        *scored,
         "callbacks.progress_bar=null",
         "callbacks.images=null",
         "test=false",
         f"paths.root_dir={tmp_path}",
-        *[o for o in LDM_TINY if not o.startswith("callbacks.images")],
+        *tiny,
+        *extra,
     ]
-    result = subprocess.run(
-        command, env={**os.environ, "LDM_DATA_DIR": str(mnist_dir)}, capture_output=True, text=True, timeout=900
-    )
+    env = {**os.environ, "LDM_DATA_DIR": str(mnist_dir)}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_optuna_search_runs_two_trials_on_val_fid(tmp_path: Path, mnist_dir: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = _optuna(tmp_path, mnist_dir, "hydra.sweeper.n_trials=2")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "debug" / "ldm" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
@@ -92,27 +102,7 @@ def test_a_failed_optuna_trial_is_recorded_and_the_study_goes_on(tmp_path: Path,
     """One trial's run fails (an invalid batch size drawn from the search space): it is recorded as
     failed, the other trials run, and the study ends with its best completed point."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    vae, classifier = save_vae_checkpoint(tmp_path / "vae.ckpt"), save_classifier_checkpoint(tmp_path / "cls.ckpt")
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "hparams_search=ldm_optuna",
-        "hydra.sweeper.n_trials=4",
-        "data.batch_size=choice(64,0)",
-        f"vae_ckpt={vae}",
-        f"callbacks.sample_quality.classifier_ckpt={classifier}",
-        "callbacks.sample_quality.every_n_epochs=1",
-        "callbacks.sample_quality.num_samples=16",
-        "callbacks.sample_quality.batch_size=16",
-        "callbacks.progress_bar=null",
-        "callbacks.images=null",
-        "test=false",
-        f"paths.root_dir={tmp_path}",
-        *[o for o in LDM_TINY if not o.startswith(("callbacks.images", "data.batch_size"))],
-    ]
-    result = subprocess.run(
-        command, env={**os.environ, "LDM_DATA_DIR": str(mnist_dir)}, capture_output=True, text=True, timeout=900
-    )
+    result = _optuna(tmp_path, mnist_dir, "hydra.sweeper.n_trials=4", batch="choice(64,0)")
     output = result.stdout + result.stderr
     # Exit status 1 says a job failed (as in any multirun), after the whole study ran.
     assert result.returncode == 1 and "multirun job(s) failed" in output, output[-3000:]
