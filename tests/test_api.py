@@ -39,6 +39,9 @@ def test_the_readme_python_example_runs(tmp_path: Path, mnist_dir: Path, monkeyp
     assert images.shape == (16, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert (tmp_path / "grid.png").is_file() and list((tmp_path / "logs" / "debug" / "ldm" / "runs").glob("*"))
     assert "val/loss" in scope["metrics"]
+    again_metrics = scope["ldm"].train(scope["cfg"])  # the same config trains again, into a new folder
+    assert "val/loss" in again_metrics
+    assert len(list((tmp_path / "logs" / "debug" / "ldm" / "runs").glob("*"))) == 2
     calls = []
     again = scope["pipe"].sample(16, sampler="ddim", steps=20, seed=0, on_step=lambda i, n: calls.append((i, n)))
     assert torch.equal(images, again)  # seed= is the whole randomness

@@ -11,6 +11,7 @@ command line's; Hydra's own logging setup (train.log) is not applied from Python
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def train(cfg: DictConfig | Sequence[str]) -> dict[str, float]:
     """Run one training run of `cfg` (from `compose`, or its overrides); returns its final metrics."""
     from ldm.cli.train import train as train_task
 
-    cfg = compose(cfg) if not isinstance(cfg, DictConfig) else cfg.copy()
+    # A deep copy: the caller's config (and its cached run folder) stays as it was, so it can train again.
+    cfg = compose(cfg) if not isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     if "hydra" not in cfg:
         raise ValueError("ldm.train needs a config from ldm.compose (it holds the run folder's recipe)")
     OmegaConf.set_readonly(cfg.hydra, False)
