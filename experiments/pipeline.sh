@@ -2,15 +2,17 @@
 # The whole pipeline, timed: VAE -> latent cache -> LDM -> samples (-> FID when a classifier exists).
 #
 #   bash experiments/pipeline.sh tiny [ROOT]   # CPU smoke profile: real MNIST, small nets (target <= 3 min)
+#   bash experiments/pipeline.sh cpu  [ROOT]   # the CPU profile (experiment=vae_cpu, ldm_cpu): <= 30 min on 2 cores,
+#                                              # then FID with 10k samples (target: <= 3x the floor)
 #   bash experiments/pipeline.sh gpu  [ROOT]   # the default configs on one GPU, scored with 10k samples
 #
 # ROOT (default: a fresh folder under /tmp) receives logs/, the latent cache and samples, so the
 # run never picks up checkpoints from elsewhere. MNIST comes from LDM_DATA_DIR (default: the repo's data/).
 # The classifier for the FID is evaluation infrastructure: trained first, outside the clock,
-# with profile gpu only (or reuse one: CLASSIFIER_CKPT=path). VAE_EXTRA / LDM_EXTRA: more overrides
+# with profiles cpu and gpu (or reuse one: CLASSIFIER_CKPT=path). VAE_EXTRA / LDM_EXTRA: more overrides
 # for the two stages (e.g. LDM_EXTRA="data.images.val_size=64" for a small dataset).
 set -euo pipefail
-profile=${1:?usage: pipeline.sh tiny|gpu [ROOT]}
+profile=${1:?usage: pipeline.sh tiny|cpu|gpu [ROOT]}
 root=${2:-$(mktemp -d /tmp/ldm-pipeline-XXXX)}
 mkdir -p "$root"
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,13 +27,20 @@ case $profile in
          data.batch_size=128 model.unet.base_channels=32 model.unet.num_res_blocks=1 model.optimizer.lr=2e-3
          model.scheduler.warmup_steps=50 callbacks.images=null callbacks.sample_quality=null test=false)
     sample=(num_samples=64 steps=20 device=cpu)
-    evaluate=() ;;
+    evaluate=() judge=() ;;
+  cpu)
+    vae=(experiment=vae_cpu)
+    ldm=(experiment=ldm_cpu)
+    sample=(num_samples=64)
+    evaluate=(num_samples=10000)
+    judge=(trainer=cpu trainer.max_epochs=2) ;;
   gpu)
     vae=(experiment=vae_mnist trainer=gpu test=false)
     ldm=(experiment=ldm_mnist trainer=gpu callbacks.sample_quality=null test=false)
     sample=(num_samples=64)
-    evaluate=(num_samples=10000 sampler=ddim steps=50) ;;
-  *) echo "unknown profile $profile (tiny | gpu)" >&2; exit 2 ;;
+    evaluate=(num_samples=10000 sampler=ddim steps=50)
+    judge=(trainer=gpu) ;;
+  *) echo "unknown profile $profile (tiny | cpu | gpu)" >&2; exit 2 ;;
 esac
 
 cd "$here"
@@ -46,7 +55,7 @@ stage() {  # name, command...: run it, print its wall-clock seconds
 }
 
 if [[ ${#evaluate[@]} -gt 0 && -z ${CLASSIFIER_CKPT:-} ]]; then  # outside the clock
-  python train.py model=classifier trainer=gpu "${common[@]}" callbacks.images=null
+  python train.py model=classifier "${judge[@]}" "${common[@]}" callbacks.images=null
 fi
 : > "$root/pipeline_times.txt"
 total_start=$(ms)

@@ -19,7 +19,7 @@ from torch import Tensor
 from ldm.checkpoints import CheckpointError, checkpoint_kind, checkpoint_of
 from ldm.grids import grid_image, save_png
 from ldm.pipeline import DiffusionPipeline
-from ldm.sampling import pick_device
+from ldm.sample_request import pick_device
 from ldm.systems.latent_diffusion import LatentDiffusionModule
 
 

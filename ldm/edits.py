@@ -22,8 +22,9 @@ from ldm.diffusion.inversion import inpaint as inpaint_latents
 from ldm.diffusion.inversion import invert as invert_latents
 from ldm.diffusion.inversion import sdedit as sdedit_latents
 from ldm.diffusion.inversion import slerp
+from ldm.diffusion.loop import denoiser_from, sample
 from ldm.diffusion.objectives import DiffusionObjective
-from ldm.diffusion.samplers import DDIMSampler, denoiser_from, sample
+from ldm.diffusion.samplers import DDIMSampler
 from ldm.pipeline import DiffusionPipeline, make_sampler
 
 

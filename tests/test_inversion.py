@@ -8,7 +8,7 @@ import torch
 
 from ldm.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, sigmoid
 from ldm.diffusion.inversion import inpaint, invert, sdedit, slerp, start_step
-from ldm.diffusion.samplers import sample
+from ldm.diffusion.loop import sample
 
 SCHEDULE = NoiseSchedule(sigmoid(1000))
 

@@ -9,15 +9,14 @@ import pytest
 import torch
 from torch import Tensor
 
+from ldm.diffusion.loop import denoiser_from, sample
 from ldm.diffusion.parameterization import EpsilonPrediction, VPrediction
 from ldm.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
     DPMSolverPP2M,
     Sampler,
-    denoiser_from,
     posterior,
-    sample,
     timesteps,
 )
 from ldm.diffusion.schedules import CLEAN, NoiseSchedule, cosine, interpolation, linear

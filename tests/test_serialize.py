@@ -63,7 +63,10 @@ def test_classes_imported_into_ldm_and_non_components_are_refused(tmp_path) -> N
     with pytest.raises(SpecError, match="only classes defined in"):
         build(gadget)
     nested = spec(UNet(in_channels=4, base_channels=8, channel_mults=(1,), num_res_blocks=1))
-    nested["kwargs"]["channel_mults"] = [1, {"class": "ldm.sampling.Request", "kwargs": {"out": str(tmp_path / "x")}}]
+    nested["kwargs"]["channel_mults"] = [
+        1,
+        {"class": "ldm.sample_request.Request", "kwargs": {"out": str(tmp_path / "x")}},
+    ]
     with pytest.raises(SpecError, match="is not a Module or Parameterization"):
         build(nested, UNet)
     assert not (tmp_path / "pwn").exists()

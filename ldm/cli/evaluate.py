@@ -35,8 +35,8 @@ from ldm.errors import ConfigError
 from ldm.io import atomic_write
 from ldm.metrics import ClassifierFeatures, cached_reference_features, real_floor, sample_metrics
 from ldm.models.classifier import MNISTClassifier
+from ldm.sample_request import config_hints, pick_device
 from ldm.samples import SamplesError, load_samples
-from ldm.sampling import config_hints, pick_device
 
 log = logging.getLogger("evaluate")
 resolvers.register()

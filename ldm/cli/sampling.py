@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.checkpoints import find_latest
 from ldm.cli.typecheck import check_config, check_values
-from ldm.sampling import Request, config_hints, draw
+from ldm.sample_request import Request, config_hints
+from ldm.sampling import draw
 
 
 def plain(cfg: DictConfig, keys: Iterable[str]) -> dict[str, Any]:

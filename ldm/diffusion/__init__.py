@@ -34,6 +34,7 @@ arXiv 2202.00512); Min-SNR (Hang et al. 2023, arXiv 2303.09556); DPM-Solver++
 arXiv 2305.08891).
 """
 
+from ldm.diffusion.loop import denoiser_from, sample
 from ldm.diffusion.parameterization import EpsilonPrediction, Parameterization, VPrediction, X0Prediction
 from ldm.diffusion.samplers import (
     DDIMSampler,
@@ -43,9 +44,7 @@ from ldm.diffusion.samplers import (
     DPMSolverState,
     Sampler,
     Spacing,
-    denoiser_from,
     posterior,
-    sample,
     timesteps,
 )
 from ldm.diffusion.schedules import CLEAN, NoiseSchedule, cosine, interpolation, linear, scaled_linear, sigmoid

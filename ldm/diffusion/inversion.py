@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ldm.diffusion.samplers import CLEAN, DDIMSampler, Denoiser, Sampler, sample
+from ldm.diffusion.loop import sample
+from ldm.diffusion.samplers import CLEAN, DDIMSampler, Denoiser, Sampler
 from ldm.diffusion.schedules import NoiseSchedule
 
 

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ldm.diffusion.loop import denoiser_from, sample
 from ldm.diffusion.parameterization import Parameterization
-from ldm.diffusion.samplers import Sampler, denoiser_from, sample
+from ldm.diffusion.samplers import Sampler
 from ldm.diffusion.schedules import NoiseSchedule
 from ldm.diffusion.weighting import LossWeight, UniformWeight
 

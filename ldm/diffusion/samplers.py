@@ -2,7 +2,7 @@
 
 A sampler never sees the network: it gets (x0_hat, eps_hat) from a ``Denoiser``
 and maps x_t to x_s for the next, less noisy index s (``CLEAN`` = -1 after the
-last step). ``sample`` is the only sampling loop; a sampler supplies its
+last step). ``ldm.diffusion.loop.sample`` is the only sampling loop; a sampler supplies its
 ``timesteps`` and a ``step`` that threads an explicit per-call ``state`` (None for
 single-step methods, the previous prediction for the multistep solver).
 
@@ -18,7 +18,6 @@ single-step methods, the previous prediction for the multistep solver).
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,10 +26,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from ldm.diffusion.parameterization import Parameterization
 from ldm.diffusion.schedules import CLEAN, NoiseSchedule
-
-logger = logging.getLogger(__name__)
 
 #: (x_t, t) -> (x0_hat, eps_hat); t is int64 of shape (B,).
 Denoiser = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -99,7 +95,7 @@ def posterior(
 
 
 class Sampler(ABC):
-    """One reverse-process update rule; ``sample`` drives it."""
+    """One reverse-process update rule; ``ldm.diffusion.loop.sample`` drives it."""
 
     @abstractmethod
     def timesteps(self, schedule: NoiseSchedule) -> Tensor:
@@ -265,72 +261,3 @@ class DPMSolverPP2M(Sampler):
 
     def __repr__(self) -> str:
         return f"DPMSolverPP2M(num_steps={self.num_steps}, spacing={self.spacing!r})"
-
-
-def denoiser_from(
-    network: Callable[[Tensor, Tensor], Tensor], parameterization: Parameterization, schedule: NoiseSchedule
-) -> Denoiser:
-    """Wrap a raw network (x_t, t) -> output into a Denoiser via its parameterization."""
-
-    def denoise(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        alpha, sigma = schedule.coefficients(t, x_t.ndim)
-        return parameterization.to_x0_eps(network(x_t, t), x_t, alpha, sigma)
-
-    return denoise
-
-
-@torch.no_grad()
-def sample(
-    denoiser: Denoiser,
-    schedule: NoiseSchedule,
-    sampler: Sampler,
-    shape: Sequence[int],
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    x_T: Tensor | None = None,
-    return_trajectory: bool = False,
-    progress: bool = False,
-    clip: float | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-    start: int | None = None,
-    after_step: Callable[[Tensor, int], Tensor] | None = None,
-) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Run ``sampler`` from x_T ~ N(0, I) (or the given ``x_T``) down to clean data.
-
-    ``device`` defaults to the schedule's device. ``clip`` (off by default: latents
-    have no fixed range) clamps x0_hat to [-clip, clip] and recomputes eps_hat so
-    the pair stays consistent with x_t. With ``return_trajectory`` also returns
-    [x_T, x_{t_1}, ..., x0] (num_steps + 1 tensors). ``on_step(i, n)`` is called after each of
-    the n steps (host side only: no device sync). ``start``: ``x_T`` is x at that step and only the
-    sampler's steps below it run (SDEdit). ``after_step(x_s, s)`` may replace each new state (inpainting).
-    """
-    device = torch.device(device) if device is not None else schedule.alpha.device
-    x = _randn(shape, generator, device, torch.float32) if x_T is None else x_T.to(device)
-    if x.shape != torch.Size(shape):
-        raise ValueError(f"x_T has shape {tuple(x.shape)}, expected shape={tuple(shape)}")
-    steps = sampler.timesteps(schedule).tolist()
-    if start is not None:
-        if x_T is None or not 0 <= start < schedule.num_timesteps:
-            raise ValueError(
-                f"start={start} needs x_T (the state at that step) and 0 <= start < {schedule.num_timesteps}"
-            )
-        steps = [start] + [t for t in steps if t < start]
-    trajectory, state = [x], None
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else CLEAN
-        x0_hat, eps_hat = denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long, device=device))
-        if clip is not None:
-            alpha_t, sigma_t = schedule.at(t)
-            x0_hat = x0_hat.clamp(-clip, clip)
-            eps_hat = (x - alpha_t * x0_hat) / sigma_t
-        x, state = sampler.step(schedule, x, x0_hat, eps_hat, t, s, state=state, generator=generator)
-        if after_step is not None:
-            x = after_step(x, s)
-        if return_trajectory:
-            trajectory.append(x)
-        if on_step is not None:
-            on_step(i, len(steps))
-        if progress and (i + 1) % max(1, len(steps) // 10) == 0:
-            logger.info("%s: step %d/%d (t=%d)", type(sampler).__name__, i + 1, len(steps), t)
-    return (x, trajectory) if return_trajectory else x
