@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ldm.diffusion.flow import EulerSampler, FlowAncestralSampler, FlowMatching, HeunSampler  # noqa: E402
-from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2M, sample  # noqa: E402
+from ldm.diffusion.loop import sample  # noqa: E402
+from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2M  # noqa: E402
 from ldm.diffusion.schedules import NoiseSchedule  # noqa: E402
 from ldm.io import atomic_write, atomic_write_json  # noqa: E402
 

@@ -40,9 +40,10 @@ from ldm.io import update_hash
 from ldm.models.first_stage import FirstStage, weights
 from ldm.models.unet import UNet
 from ldm.pipeline import DiffusionPipeline
-from ldm.serialize import SpecError, built, digest, spec
+from ldm.serialize import SpecError, built, spec
 from ldm.systems.compile import Compiled
 from ldm.systems.ema import EMA
+from ldm.systems.ldm_checks import OLD_FORMAT, check_loaded, check_same_recipe
 from ldm.systems.optim import configure
 
 log = logging.getLogger(__name__)
@@ -191,10 +192,10 @@ class LatentDiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("ldm") or {}
         if info.get("format") != self.FORMAT:
-            raise CheckpointError(_OLD_FORMAT)
+            raise CheckpointError(OLD_FORMAT)
         if self._first_stage_from_spec:
             return  # rebuilt from the checkpoint's own spec: the weights are about to load
-        self._check_same_recipe(checkpoint.get("hyper_parameters") or {})
+        check_same_recipe(checkpoint.get("hyper_parameters") or {}, self.hparams)
         # A resumed or tested checkpoint must have been trained on this first stage's latents;
         # otherwise its weights would silently replace the VAE the data was encoded with.
         prefix = "first_stage."
@@ -209,27 +210,6 @@ class LatentDiffusionModule(L.LightningModule):
                 "resume or test it with the VAE it holds (vae_ckpt=<the same checkpoint>, the default for "
                 "ckpt_path=...), or start a new LDM run for the new VAE"
             )
-
-    def _check_same_recipe(self, stored: dict[str, Any]) -> None:
-        """A resumed or tested checkpoint must be trained and scored as it was trained: same first stage
-        kind, same objective (schedule, parameterization, weighting, time distribution), same conditioning."""
-        for key, groups in (
-            ("first_stage", "first_stage="),
-            ("objective", "objective=, schedule=, parameterization=, weighting="),
-            ("conditioning", "conditioning="),
-        ):
-            theirs, ours = (_recipe(key, node) for node in (stored.get(key), self.hparams.get(key)))
-            same = (
-                (_class_name(theirs) == _class_name(ours)) if key == "first_stage" else digest(theirs) == digest(ours)
-            )
-            if not same:
-                detail = (
-                    "other settings of" if _class_name(theirs) == _class_name(ours) else f"{_class_name(theirs)}, not"
-                )
-                raise CheckpointError(
-                    f"This LDM checkpoint was trained with {detail} the {key} the config builds ({_class_name(ours)}): "
-                    f"use the config it was trained with ({groups} as in its run folder's config.yaml)"
-                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ldm"] = {
@@ -249,7 +229,7 @@ class LatentDiffusionModule(L.LightningModule):
         checkpoint = load_checkpoint(path, "ldm")
         hparams = checkpoint.get("hyper_parameters")
         if checkpoint["ldm"].get("format") != cls.FORMAT or not isinstance(hparams, dict):
-            raise CheckpointError(f"{path}: {_OLD_FORMAT}")
+            raise CheckpointError(f"{path}: {OLD_FORMAT}")
         unknown = set(hparams) - set(inspect.signature(cls.__init__).parameters)
         if unknown:
             raise CheckpointError(
@@ -270,17 +250,7 @@ class LatentDiffusionModule(L.LightningModule):
                 f"{path}: its weights do not fit the model it records ({one_line(e)[:200]}); "
                 "the file is damaged: use another checkpoint"
             ) from e
-        if not model.first_stage.normalizer.fitted:
-            raise CheckpointError(
-                f"{path}: its latent scale is missing or invalid (scale "
-                f"{model.first_stage.normalizer.scale.item()}): the file is damaged; use another checkpoint"
-            )
-        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise CheckpointError(
-                f"{path} holds NaN/Inf weights ({bad[0]}, ...): sampling from it gives garbage; "
-                "use an earlier checkpoint of the run"
-            )
+        check_loaded(model, path)
         return model.eval()
 
     @classmethod
@@ -288,7 +258,7 @@ class LatentDiffusionModule(L.LightningModule):
         """Lightning's loader, after the same checks as `from_checkpoint` (an LDM checkpoint of this format)."""
         checkpoint = load_checkpoint(checkpoint_path, cls.KIND)
         if checkpoint["ldm"].get("format") != cls.FORMAT or not isinstance(checkpoint.get("hyper_parameters"), dict):
-            raise CheckpointError(f"{checkpoint_path}: {_OLD_FORMAT}")
+            raise CheckpointError(f"{checkpoint_path}: {OLD_FORMAT}")
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def pipeline(self) -> DiffusionPipeline:
@@ -327,23 +297,6 @@ class LatentDiffusionModule(L.LightningModule):
             "forward_corruption": figures.forward_corruption(pipeline, self.clean(batch)[:4]),
             "denoising_trajectory": figures.trajectory(pipeline, 4, generator),
         }
-
-
-_OLD_FORMAT = (
-    "this LDM checkpoint was written by an older version of ldm (before objectives and first stages "
-    "were saved as specs): train it again with this version"
-)
-
-
-def _recipe(key: str, node: Any) -> Any:
-    """What of a stored spec training depends on: not the default sampling guidance of a conditioning."""
-    if key == "conditioning" and isinstance(node, dict) and isinstance(node.get("kwargs"), dict):
-        return {**node, "kwargs": {k: v for k, v in node["kwargs"].items() if k != "guidance"}}
-    return node
-
-
-def _class_name(node: dict | None) -> str:
-    return node["class"].rsplit(".", 1)[-1] if isinstance(node, dict) and "class" in node else "none"
 
 
 def _first_stage(value: nn.Module | str | Path | dict) -> nn.Module:
