@@ -2,6 +2,7 @@
 
     pipe = ldm.load(...)                                   # a DiffusionPipeline (objective=diffusion)
     noise, error = invert(pipe, images, steps=50)          # x_T of each digit, and the round-trip error
+    again = from_noise(pipe, noise, steps=50)              # ... decoded back (DDIM, eta = 0)
     strip = interpolate(pipe, images[:1], images[1:2], num=8)   # slerp between their inversions
     edited = sdedit(pipe, images, strength=0.5, seed=0)    # re-noised halfway, then denoised
     filled = inpaint(pipe, images, known, seed=0)          # `known` (H, W) or (N, 1, H, W) pixel mask, 1 = keep
@@ -24,11 +25,11 @@ from ldm.diffusion.inversion import sdedit as sdedit_latents
 from ldm.diffusion.inversion import slerp
 from ldm.diffusion.loop import denoiser_from, sample
 from ldm.diffusion.objectives import DiffusionObjective
-from ldm.diffusion.samplers import DDIMSampler
+from ldm.diffusion.samplers import DDIMSampler, Denoiser
 from ldm.pipeline import DiffusionPipeline, make_sampler
 
 
-def _denoiser(pipe: DiffusionPipeline, labels: Tensor | None, guidance: float | None):
+def _denoiser(pipe: DiffusionPipeline, labels: Tensor | None, guidance: float | None) -> Denoiser:
     if not isinstance(pipe.objective, DiffusionObjective):
         raise ValueError(
             f"edits need a model trained with objective=diffusion (this one: {type(pipe.objective).__name__})"
@@ -55,6 +56,15 @@ def encode(pipe: DiffusionPipeline, images: Tensor) -> Tensor:
     return pipe.first_stage.normalizer.normalize(z)
 
 
+def _prepare(
+    pipe: DiffusionPipeline, images: Tensor, labels: Tensor | list[int] | None, guidance: float | None, seed: int = 0
+) -> tuple[Tensor, Denoiser, torch.Generator]:
+    """What every edit starts from: the images' latents, the (guided) denoiser, a seeded generator."""
+    z = encode(pipe, images)
+    denoiser = _denoiser(pipe, _labels(pipe, labels, len(z)), guidance)
+    return z, denoiser, torch.Generator(device=pipe.device).manual_seed(seed)
+
+
 @torch.no_grad()
 def invert(
     pipe: DiffusionPipeline,
@@ -66,8 +76,7 @@ def invert(
     """(x_T of each image, its round-trip error): the relative L2 error ||z - z'|| / ||z|| of its latent
     z against z' = DDIM(eta = 0, same steps) from x_T, per image."""
     sampler = DDIMSampler(steps, eta=0.0, spacing="trailing")
-    z = encode(pipe, images)
-    denoiser = _denoiser(pipe, _labels(pipe, labels, len(z)), guidance)
+    z, denoiser, _ = _prepare(pipe, images, labels, guidance)
     noise = invert_latents(denoiser, pipe.objective.schedule, z, sampler)
     back = sample(denoiser, pipe.objective.schedule, sampler, z.shape, x_T=noise)
     error = (back - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)
@@ -92,9 +101,21 @@ def interpolate(
     noise_a, _ = invert(pipe, a, steps, labels, guidance)
     noise_b, _ = invert(pipe, b, steps, labels, guidance)
     path = slerp(noise_a, noise_b, torch.linspace(0, 1, num, device=pipe.device))
+    return from_noise(pipe, path, steps, None if label is None else [label] * num, guidance)
+
+
+@torch.no_grad()
+def from_noise(
+    pipe: DiffusionPipeline,
+    noise: Tensor,
+    steps: int = 50,
+    labels: Tensor | list[int] | None = None,
+    guidance: float | None = None,
+) -> Tensor:
+    """Decoded images from given x_T by DDIM (eta = 0, `steps`): undoes `invert` up to its round-trip error."""
     sampler = DDIMSampler(steps, eta=0.0, spacing="trailing")
-    denoiser = _denoiser(pipe, None if label is None else torch.full((num,), label, device=pipe.device), guidance)
-    return pipe.decode(sample(denoiser, pipe.objective.schedule, sampler, path.shape, x_T=path))
+    denoiser = _denoiser(pipe, _labels(pipe, labels, len(noise)), guidance)
+    return pipe.decode(sample(denoiser, pipe.objective.schedule, sampler, noise.shape, x_T=noise.to(pipe.device)))
 
 
 @torch.no_grad()
@@ -108,9 +129,7 @@ def sdedit(
     guidance: float | None = None,
 ) -> Tensor:
     """Each image re-noised to t = strength (T - 1) and denoised with `sampler` (default: the model's)."""
-    z = encode(pipe, images)
-    generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    denoiser = _denoiser(pipe, _labels(pipe, labels, len(z)), guidance)
+    z, denoiser, generator = _prepare(pipe, images, labels, guidance, seed)
     edited = sdedit_latents(
         denoiser, pipe.objective.schedule, z, strength, make_sampler(sampler or pipe.sampler), generator
     )
@@ -128,15 +147,13 @@ def inpaint(
     guidance: float | None = None,
 ) -> Tensor:
     """Images completed where `known` (a pixel mask, 1 = keep) is 0."""
-    z = encode(pipe, images)
+    z, denoiser, generator = _prepare(pipe, images, labels, guidance, seed)
     mask = torch.as_tensor(known, dtype=torch.float32, device=pipe.device)
     mask = mask.reshape(-1, 1, *mask.shape[-2:]) if mask.ndim in (2, 4) else None
     if mask is None or mask.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"known must be an (H, W) or (N, 1, H, W) mask of the images' size {tuple(images.shape[-2:])}")
     if mask.shape[-2:] != z.shape[-2:]:  # a latent cell is known only if every pixel under it is
         mask = -F.adaptive_max_pool2d(-mask, z.shape[-2:])
-    generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    denoiser = _denoiser(pipe, _labels(pipe, labels, len(z)), guidance)
     filled = inpaint_latents(
         denoiser, pipe.objective.schedule, z, mask, make_sampler(sampler or pipe.sampler), generator
     )

@@ -44,7 +44,11 @@ def test_flow_and_pixel_compose_together(tmp_path: Path, mnist_dir: Path) -> Non
 
 @pytest.mark.parametrize("override", CASES)
 def test_config_composes_and_builds(override: str, tmp_path: Path, mnist_dir: Path, vae_ckpt: Path) -> None:
-    ldm = override.split("=")[0] in LDM_GROUPS or override in ("data=latents", "model=ldm", "experiment=ldm_mnist")
+    ldm = (
+        override.split("=")[0] in LDM_GROUPS
+        or override in ("data=latents", "model=ldm")
+        or override.startswith("experiment=ldm")
+    )
     base = ["model=ldm", f"vae_ckpt={vae_ckpt}"] if ldm else []
     base += ["objective=flow"] if override in FLOW_SAMPLERS else []
     cfg = compose_cfg(tmp_path, mnist_dir, [*base, override])
