@@ -83,6 +83,7 @@ def test_one_hundred_training_steps_read_the_device_rarely(
         r"No GPU: [0-9.]+ training steps/s on the CPU; the remaining 75 of 100 steps take about \d+ (s|min)",
         caplog.text,
     ), caplog.text[-2000:]
+    assert "experiment=vae_cpu, then experiment=ldm_cpu" in caplog.text  # and that the CPU profile exists
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     print(f"{stage}: {len(reads)} host reads in 100 steps")
     # Measured: VAE 50 (4 metrics x 6 epoch ends, 2 logger flushes), LDM 23; reading every step is >= 100.
