@@ -13,11 +13,12 @@ import lightning as L
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_ldm, save_vae_checkpoint
 from ldm.diffusion.flow import EulerSampler, FlowMatching
 from ldm.diffusion.guidance import ClassConditioning
 from ldm.errors import ConfigError
 from ldm.models.unet import UNet
+
+from conftest import ROOT, make_ldm, save_vae_checkpoint
 
 
 def _save(module, path: Path) -> Path:

@@ -39,6 +39,7 @@ def test_the_wheel_holds_every_module_and_config(wheel: Path) -> None:
         "ldm-train = ldm.cli.train:main",
         "ldm-sample = ldm.cli.sample:main",
         "ldm-evaluate = ldm.cli.evaluate:main",
+        "ldm-edit = ldm.cli.edit:main",
     ):
         assert command in text
     assert any(n.endswith("licenses/LICENSE") for n in names)

@@ -440,6 +440,7 @@ def test_help_explains_and_a_closed_pipe_is_quiet() -> None:
         ("train.py", "The five most used overrides", "min_lr_ratio"),
         ("sample.py", "guidance=W", "model.unet"),
         ("evaluate.py", "classifier_ckpt=P", "model.unet"),
+        ("edit.py", "mode=inpaint fill=lower", "model.unet"),
     ):
         text = subprocess.run(
             [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120, check=True
