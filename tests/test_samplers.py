@@ -300,7 +300,7 @@ def test_denoiser_from_network_and_parameterization(param) -> None:
 def test_clip_and_progress_logging(caplog: pytest.LogCaptureFixture) -> None:
     schedule = NoiseSchedule(cosine(100))
     x0_star = torch.full((1, 3), 3.0)
-    with caplog.at_level(logging.INFO, logger="ldm.diffusion.samplers"):
+    with caplog.at_level(logging.INFO, logger="ldm.diffusion.loop"):
         x = sample(point_oracle(schedule, x0_star), schedule, DDIMSampler(10), (2, 3), clip=1.0, progress=True)
     torch.testing.assert_close(x, torch.ones(2, 3))
     assert sum("step" in r.getMessage() for r in caplog.records) == 10
