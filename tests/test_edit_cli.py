@@ -139,3 +139,11 @@ def test_experiments_edits_script_writes_its_figures_and_numbers(ckpts, mnist_di
     assert json.loads((tmp_path / "roundtrip.json").read_text())["num"] == 8
     for name in ("inversion", "interpolation", "sdedit", "inpaint"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+def test_a_vae_checkpoint_is_refused_with_the_fix(ckpts, mnist_dir: Path, tmp_path: Path) -> None:
+    from ldm.cli.edit import run
+
+    cfg = _compose([f"ckpt={ckpts['uncond'].parent / 'vae.ckpt'}", f"out={tmp_path}"], mnist_dir)
+    with pytest.raises(ConfigError, match=r"is a vae checkpoint: pass an LDM's \(ckpt=logs/ldm/runs/<time>\)"):
+        run(cfg)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from ldm import edits
 from ldm.api import load
-from ldm.checkpoints import find_latest
+from ldm.checkpoints import checkpoint_kind, checkpoint_of, find_latest
 from ldm.cli import CONF_DIR, handler, resolvers
 from ldm.cli.sampling import plain
 from ldm.cli.typecheck import check_values
@@ -91,7 +91,9 @@ def run(cfg: DictConfig) -> Path:
     ):
         if not ok:
             raise ConfigError(f"{key}={values[key]} must be {what}")
-    ckpt = values["ckpt"] or find_latest(values["registry_dir"], "ldm", key="ckpt")
+    ckpt = checkpoint_of(values["ckpt"] or find_latest(values["registry_dir"], "ldm", key="ckpt"))
+    if (kind := checkpoint_kind(ckpt)) != "ldm":
+        raise ConfigError(f"ckpt={ckpt} is a {kind} checkpoint: pass an LDM's (ckpt=logs/ldm/runs/<time>)")
     pipe = load(ckpt, device=values["device"])
     if not isinstance(pipe.objective, DiffusionObjective):
         raise ConfigError(f"{ckpt}: edits need a model trained with objective=diffusion (DDIM inversion)")
@@ -134,7 +136,7 @@ def run(cfg: DictConfig) -> Path:
     atomic_write(out / f"{mode}.npz", write)
     atomic_write_json(out / f"{mode}.json", info)
     path = save_png(out / f"{mode}.png", grid_image(rows.flatten(0, 1), rows.shape[1]))
-    log.info("%s of %d %s digits -> %s", mode, len(indices), values["split"], path)
+    log.info("%s of %d %s digits -> %s", mode, len(indices), values["split"], path.resolve())
     return path
 
 
