@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> Path:
     images, labels = _digits(cfg, values["split"], indices)
     labels = labels.tolist() if pipe.conditioning is not None else None
     guidance, seed, steps = values["guidance"], values["seed"], values["steps"]
-    info: dict[str, Any] = {"ckpt": str(ckpt), **values}
+    info: dict[str, Any] = {**values, "ckpt": str(ckpt)}  # the checkpoint used, also when found in the registry
     if mode == "invert":
         noise, error = edits.invert(pipe, images, steps=steps, labels=labels, guidance=guidance)
         again = edits.from_noise(pipe, noise, steps=steps, labels=labels, guidance=guidance)
