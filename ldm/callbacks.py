@@ -140,6 +140,7 @@ class CpuEstimate(L.Callback):
 
     The clock starts after `skip_steps` (data workers, first allocations) and reads `measure_steps`
     later: one log line with steps/s, the remaining optimizer steps and their time, and `hint`.
+    A run whose first epoch ends sooner says it then, measured over the steps it has.
     """
 
     def __init__(
@@ -152,8 +153,13 @@ class CpuEstimate(L.Callback):
         if skip_steps < 0 or measure_steps < 1:
             raise ValueError(f"skip_steps={skip_steps} must be >= 0 and measure_steps={measure_steps} >= 1")
         self.skip_steps, self.measure_steps, self.hint = skip_steps, measure_steps, hint
-        self._start: tuple[int, float] | None = None
+        self._first: tuple[int, float] | None = None  # (step, time) at the start of training
+        self._start: tuple[int, float] | None = None  # (step, time) after skip_steps
         self.estimate: float | None = None  # seconds for the remaining steps, once measured
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first = (trainer.global_step, time.perf_counter())
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -161,19 +167,31 @@ class CpuEstimate(L.Callback):
             return
         step = trainer.global_step
         if self._start is None:
-            if step >= self.skip_steps:
+            if step - (self._first or (0, 0.0))[0] >= self.skip_steps:
                 self._start = (step, time.perf_counter())
             return
-        first, start = self._start
-        if step - first < self.measure_steps:
+        if step - self._start[0] >= self.measure_steps:
+            self._report(trainer, self._start)
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A first epoch shorter than skip_steps + measure_steps: measure over what ran."""
+        if self.estimate is not None or pl_module.device.type != "cpu":
             return
-        rate = (step - first) / (time.perf_counter() - start)
+        for start in (self._start, self._first):
+            if start is not None and trainer.global_step > start[0]:
+                self._report(trainer, start)
+                return
+
+    def _report(self, trainer: L.Trainer, start: tuple[int, float]) -> None:
+        step, (first, began) = trainer.global_step, start
+        rate = (step - first) / max(time.perf_counter() - began, 1e-9)
         total = trainer.estimated_stepping_batches
-        remaining = max(0, total - step) if math.isfinite(total) else None
-        if remaining is None:
+        if not math.isfinite(total):
             log.info("No GPU: %.2f training steps/s on the CPU. %s", rate, self.hint)
             self.estimate = math.inf
             return
+        remaining = max(0, int(total) - step)
         self.estimate = remaining / rate
         log.info(
             "No GPU: %.2f training steps/s on the CPU; the remaining %d of %d steps take about %s, validation "

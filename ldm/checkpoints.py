@@ -66,21 +66,17 @@ def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # An object to import ("Unsupported global: GLOBAL os.system", "unsupported GLOBAL posix.system"):
-        # unsafe. Random bytes fail too ("Unsupported operand 142"): not a checkpoint at all.
+        # An object to import ("Unsupported global: GLOBAL os.system"): unsafe. Anything else that
+        # fails to unpickle (random bytes, text) is simply not a checkpoint.
         culprit = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
         if not culprit:
-            reason = next((line.strip() for line in str(e).splitlines() if line.startswith("Unsupported")), "")
-            raise CheckpointError(
-                f"{path} is truncated or not a checkpoint ({reason or 'not a pickle'}); use another checkpoint"
-            ) from e
+            raise CheckpointError(f"{path} {_unreadable(path)}; use another checkpoint") from e
         raise CheckpointError(
             f"Refusing to load {path}: it holds objects other than tensors and plain values, "
             f"which could run code when unpickled. {culprit}"
         ) from e
     except Exception as e:  # zero bytes, text, random bytes, a truncated zip: torch raises almost anything
-        reason = one_line(f"{type(e).__name__}: {e}")[:200]
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason}); use another checkpoint") from e
+        raise CheckpointError(f"{path} {_unreadable(path)}; use another checkpoint") from e
     info = checkpoint.get("ldm") if isinstance(checkpoint, dict) else None
     found = info.get("kind") if isinstance(info, dict) else None
     if found is None:
@@ -93,6 +89,16 @@ def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path} has no weights (state_dict); use another checkpoint")
     return checkpoint
+
+
+def _unreadable(path: Path) -> str:
+    """Say what an unreadable checkpoint file is, in the user's terms (not the unpickler's)."""
+    head = path.read_bytes()[:4] if path.stat().st_size else b""
+    if not head:
+        return "is empty (0 bytes): truncated or not a checkpoint"
+    if head.startswith(b"PK"):  # torch.save writes a zip archive
+        return f"is truncated or not a checkpoint (a damaged archive of {path.stat().st_size} bytes)"
+    return "is truncated or not a checkpoint (not a PyTorch checkpoint file)"
 
 
 def checkpoint_kind(path: str | Path) -> str:

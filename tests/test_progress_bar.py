@@ -78,9 +78,10 @@ def test_one_hundred_training_steps_read_the_device_rarely(
     with caplog.at_level("INFO", logger="ldm.callbacks"):
         train(cfg)
     monkeypatch.undo()
-    # The CPU estimate, measured over steps 5..25 of this very run: 75 of 100 steps left.
+    # The CPU estimate, measured over steps 5..16 of this very run: its first epoch (16 batches of 16
+    # digits) ends before the 25 steps the estimate waits for, so it reports then: 84 of 100 steps left.
     assert re.search(
-        r"No GPU: [0-9.]+ training steps/s on the CPU; the remaining 75 of 100 steps take about \d+ (s|min)",
+        r"No GPU: [0-9.]+ training steps/s on the CPU; the remaining 84 of 100 steps take about \d+ (s|min)",
         caplog.text,
     ), caplog.text[-2000:]
     assert "experiment=vae_cpu, then experiment=ldm_cpu" in caplog.text  # and that the CPU profile exists
@@ -88,3 +89,42 @@ def test_one_hundred_training_steps_read_the_device_rarely(
     print(f"{stage}: {len(reads)} host reads in 100 steps")
     # Measured: VAE 50 (4 metrics x 6 epoch ends, 2 logger flushes), LDM 23; reading every step is >= 100.
     assert len(reads) <= 60, f"{len(reads)} Tensor.item calls in 100 training steps"
+
+
+def test_a_run_shorter_than_the_measurement_still_gets_its_cpu_estimate(
+    tmp_path: Path, mnist_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """debug=fast: 5 steps per epoch, fewer than the 25 the estimate waits for. A first run this
+    small must still say how long the configuration takes and that the CPU profile exists."""
+    from ldm.cli.train import train
+
+    from test_train import TINY
+
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=vae", *TINY, "trainer.max_epochs=3", "test=false"])
+    with caplog.at_level("INFO", logger="ldm.callbacks"):
+        train(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("No GPU")]
+    assert len(lines) == 1, lines  # once, at the end of the first epoch
+    assert re.match(r"No GPU: [0-9.]+ training steps/s on the CPU; the remaining 10 of 15 steps take about", lines[0])
+    assert "experiment=vae_cpu, then experiment=ldm_cpu" in lines[0]
+
+
+def test_the_cpu_estimate_waits_for_skip_plus_measure_steps_inside_a_long_epoch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    from ldm.callbacks import CpuEstimate
+
+    trainer = SimpleNamespace(global_step=40, estimated_stepping_batches=1000)  # resumed at step 40
+    module = SimpleNamespace(device=torch.device("cpu"))
+    estimate = CpuEstimate(skip_steps=5, measure_steps=20)
+    with caplog.at_level("INFO", logger="ldm.callbacks"):
+        estimate.on_train_start(trainer, module)
+        for step in range(41, 66):
+            trainer.global_step = step
+            estimate.on_train_batch_end(trainer, module, None, None, step)
+            assert (estimate.estimate is None) == (step < 65), step  # skip 5 after the resume, measure 20
+        estimate.on_train_epoch_end(trainer, module)  # already said: not again
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "the remaining 935 of 1000 steps" in lines[0], lines
