@@ -15,6 +15,7 @@ from torch import Tensor
 from ldm.errors import ConfigError
 from ldm.prompts import parse_digits
 
+PRIORS = ("standard", "fitted")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -54,6 +55,7 @@ class Request:
     grid_columns: int | None = None  # None: a prompt in one row (up to 20), balanced classes 10 per row
     steps: int | None = None  # overrides the sampler's num_steps
     eta: float | None = None  # overrides the sampler's eta (ddim, flow_ancestral)
+    prior: str = "standard"  # VAE checkpoints: N(0, I), or "fitted": a Gaussian fitted to the training codes
 
     def __post_init__(self) -> None:
         checks = [
@@ -67,6 +69,11 @@ class Request:
                 "model's default",
             ),
             ("grid_size", self.grid_size >= 0, "must be >= 0 (0: no grid.png)"),
+            (
+                "prior",
+                self.prior in PRIORS,
+                "must be standard (a VAE's N(0, I)) or fitted (a Gaussian fitted to its training codes)",
+            ),
             ("grid_columns", self.grid_columns is None or self.grid_columns >= 1, "must be >= 1 (or null)"),
             (
                 "labels",

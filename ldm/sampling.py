@@ -25,11 +25,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from ldm.checkpoints import CheckpointError, checkpoint_kind, checkpoint_of, load_vae
+from ldm.data.source import ImageSource
 from ldm.errors import ConfigError
 from ldm.figures import trajectory
 from ldm.grids import grid_image, labelled_grid, save_png
 from ldm.guard import NonFiniteError
 from ldm.io import atomic_write_json
+from ldm.models.autoencoder import AutoencoderKL
+from ldm.models.gaussian import FittedGaussian
 from ldm.pipeline import make_sampler
 from ldm.sample_request import Request, batch_labels, given_labels, pick_device
 from ldm.samples import Parts, to_uint8
@@ -72,8 +75,31 @@ class Source:
         return self.model.conditioning.num_classes if self.model is not None and self.model.conditioning else None
 
 
-def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device) -> Source:
-    """What draws the samples: an LDM's EMA denoiser + its VAE decoder, or a VAE decoding N(0, I)."""
+def fitted_prior(vae: AutoencoderKL, data: ImageSource, device: torch.device, batch_size: int = 1000) -> FittedGaussian:
+    """A Gaussian fitted to the posterior means of every training digit of `data` (`ldm.models.gaussian`)."""
+    images = data.split("train")
+    start = time.perf_counter()
+    batches = (
+        vae.encode(images.batch(indices)["image"].to(device)).mode()
+        for indices in torch.arange(len(images)).split(batch_size)
+    )
+    try:
+        gaussian = FittedGaussian.fit(batches).to(device)
+    except ValueError as e:
+        raise ConfigError(f"prior=fitted: {e}") from None
+    log.info(
+        "prior=fitted: a Gaussian fitted to the codes of %d training digits in %.1f s",
+        len(images),
+        time.perf_counter() - start,
+    )
+    return gaussian
+
+
+def load_source(
+    ckpt: Path, sampler: Any, request: Request, device: torch.device, data: ImageSource | None = None
+) -> Source:
+    """What draws the samples: an LDM's EMA denoiser + its VAE decoder, or a VAE decoding N(0, I) (or,
+    with prior=fitted, a Gaussian fitted to the codes of `data`'s training digits)."""
     if Path(ckpt).is_dir():  # a run folder or a registry folder: the checkpoint it names
         try:
             ckpt = checkpoint_of(ckpt)
@@ -92,6 +118,11 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
                 "do not apply (they are for LDM checkpoints)"
             )
         vae = load_vae(ckpt).to(device)
+        if request.prior == "fitted":
+            if data is None:
+                raise ConfigError("prior=fitted needs the training digits to fit to (data=, as in conf/sample.yaml)")
+            gaussian = fitted_prior(vae, data, device)
+            return Source(lambda n, g, y, on_step: vae.decode(gaussian.sample(n, g)), "vae fitted gaussian", Path(ckpt))
         shape = vae.latent_shape
         return Source(
             lambda n, g, y, on_step: vae.decode(torch.randn((n, *shape), generator=g, device=device)),
@@ -100,6 +131,8 @@ def load_source(ckpt: Path, sampler: Any, request: Request, device: torch.device
         )
     if kind != "ldm":
         raise CheckpointError(f"{ckpt} is a {kind} checkpoint; sample.py needs an ldm or vae checkpoint")
+    if request.prior != "standard":
+        raise ConfigError(f"prior={request.prior} is for VAE checkpoints; {ckpt} is an LDM (leave prior unset)")
     model = LatentDiffusionModule.from_checkpoint(ckpt, compile=request.compile).to(device)
     sampler = with_overrides(sampler if sampler is not None else model.sampler, request.steps, request.eta)
     try:
@@ -147,9 +180,10 @@ def _manifest(
 
 
 @torch.no_grad()
-def draw(request: Request, ckpt: str | Path, sampler: Any = None) -> Path:
+def draw(request: Request, ckpt: str | Path, sampler: Any = None, data: ImageSource | None = None) -> Path:
     """Sample `request` from `ckpt` (an LDM, with `sampler` or the one it was trained with, or a VAE)
-    into `<out>/samples.npz`; returns its path. One process at a time per `out` folder."""
+    into `<out>/samples.npz`; returns its path. One process at a time per `out` folder. `data`: the
+    image source a VAE's prior=fitted is fitted to."""
     out = Path(request.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -162,14 +196,14 @@ def draw(request: Request, ckpt: str | Path, sampler: Any = None) -> Path:
     except OSError as e:
         raise ConfigError(f"out={out} cannot be used as a folder ({e.strerror or e}): choose another out=") from None
     try:
-        return _draw(request, ckpt, sampler)
+        return _draw(request, ckpt, sampler, data)
     finally:
         lock.release()
 
 
-def _draw(request: Request, ckpt: str | Path, sampler: Any) -> Path:
+def _draw(request: Request, ckpt: str | Path, sampler: Any, data: ImageSource | None) -> Path:
     device, out = pick_device(request.device), Path(request.out)
-    source = load_source(ckpt, sampler, request, device)
+    source = load_source(ckpt, sampler, request, device, data)
     ckpt = source.ckpt
     given = given_labels(request, source.num_classes)
     num_samples = len(given) if given is not None else request.num_samples  # one sample per prompt token

@@ -33,4 +33,6 @@ def draw_from_config(cfg: DictConfig, values: dict[str, Any] | None = None) -> P
     node = OmegaConf.to_container(cfg.sampler, resolve=True) if "sampler" in cfg and cfg.sampler is not None else None
     if node is not None:
         check_config(node, "sampler")
-    return draw(Request.from_values(values), ckpt, None if node is None else hydra.utils.instantiate(node))
+    request = Request.from_values(values)
+    data = hydra.utils.instantiate(cfg.data) if request.prior == "fitted" and "data" in cfg else None
+    return draw(request, ckpt, None if node is None else hydra.utils.instantiate(node), data)

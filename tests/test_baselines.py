@@ -1,0 +1,102 @@
+"""Issue 16 item 5's baselines: a plain autoencoder (model=ae) and a Gaussian fitted to first-stage
+codes (`ldm.models.gaussian`, `sample.py prior=fitted`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.errors import ConfigError
+from ldm.models.gaussian import FittedGaussian
+
+from conftest import ROOT, compose_cfg, save_vae_checkpoint
+
+
+def test_the_fit_recovers_a_known_gaussian_and_samples_from_it() -> None:
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(12, generator=g)
+    mixing = torch.randn(12, 12, generator=g) / 3
+    codes = (mean + torch.randn(40_000, 12, generator=g) @ mixing.T).reshape(-1, 3, 2, 2)
+    fitted = FittedGaussian.fit(codes.split(1000))  # in batches, as the encoder hands them over
+    cov = mixing @ mixing.T
+    assert torch.allclose(fitted.mean, mean, atol=0.02)
+    assert torch.allclose(fitted.scale_tril @ fitted.scale_tril.T, cov, atol=0.03)
+    drawn = fitted.sample(40_000, torch.Generator().manual_seed(1))
+    assert drawn.shape == (40_000, 3, 2, 2)
+    flat = drawn.reshape(len(drawn), -1)
+    fitted_cov = fitted.scale_tril @ fitted.scale_tril.T  # the draws follow the fit (not the truth it estimated)
+    assert torch.allclose(flat.mean(0), fitted.mean, atol=0.02) and torch.allclose(flat.T.cov(), fitted_cov, atol=0.03)
+    # Codes that live on a lower-dimensional subspace (a collapsed latent) still factorise (the jitter).
+    flat_codes = torch.randn(500, 6, generator=g) @ torch.randn(6, 12, generator=g)
+    assert torch.isfinite(FittedGaussian.fit([flat_codes.reshape(-1, 3, 2, 2)]).scale_tril).all()
+
+
+def test_the_fit_refuses_what_it_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="at least 2 codes, got 1"):
+        FittedGaussian.fit([torch.zeros(1, 4)])
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        FittedGaussian.fit([torch.full((4, 3), float("nan"))])
+    with pytest.raises(ValueError, match=r"codes of shape \(5,\) after codes of shape \(4,\)"):
+        FittedGaussian.fit([torch.zeros(3, 4), torch.zeros(3, 5)])
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+def test_the_plain_autoencoder_trains_on_the_mean_and_has_no_kl(tmp_path: Path, mnist_dir: Path) -> None:
+    import hydra
+
+    from ldm.systems.vae import VAEModule
+
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ae", "model.vae.hidden_channels=[8,16,16]"])
+    assert cfg.task_name == "ae"  # its own registry entry: never the LDM's default first stage
+    module = hydra.utils.instantiate(cfg.model)
+    batch = {"image": torch.rand(8, 1, 28, 28)}
+    module.train()
+    losses = [module._shared_step(batch, "train") for _ in range(2)]  # no sampled latent: no noise
+    assert torch.equal(losses[0], losses[1])
+    vae = VAEModule(module.vae, beta=1e-3)  # the VAE samples z: the same batch gives another loss
+    assert not torch.equal(vae._shared_step(batch, "train"), vae._shared_step(batch, "train"))
+    with pytest.raises(ValueError, match="model.deterministic=true is a plain autoencoder .* set model.beta=0"):
+        VAEModule(module.vae, beta=1e-3, deterministic=True)
+
+
+def _sample_cfg(overrides: list[str], data_dir: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ldm.cli.resolvers import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("sample", overrides=[f"paths.data_dir={data_dir}", "data.val_size=64", "device=cpu", *overrides])
+
+
+def test_sample_py_decodes_a_gaussian_fitted_to_the_training_codes(tmp_path: Path, mnist_dir: Path, caplog) -> None:
+    from ldm.cli.sample import run
+
+    from conftest import make_ldm
+
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+    out = tmp_path / "fitted"
+    with caplog.at_level("INFO", logger="ldm.sampling"):
+        path = run(_sample_cfg([f"ckpt={vae}", "prior=fitted", "num_samples=6", f"out={out}"], mnist_dir))
+    assert "a Gaussian fitted to the codes of 256 training digits" in caplog.text  # 320 train - 64 held out
+    images = np.load(path)["images"]
+    assert images.shape == (6, 28, 28) and images.dtype == np.uint8
+    assert json.loads((out / "sampling.json").read_text())["generator"] == "vae fitted gaussian"
+    standard = np.load(run(_sample_cfg([f"ckpt={vae}", "num_samples=6", f"out={tmp_path / 'std'}"], mnist_dir)))
+    assert not np.array_equal(standard["images"], images)  # another generator, not N(0, I) renamed
+    with pytest.raises(ConfigError, match="prior='gaussian' must be standard .* or fitted"):
+        run(_sample_cfg([f"ckpt={vae}", "prior=gaussian", f"out={tmp_path / 'x'}"], mnist_dir))
+    import lightning as L
+
+    ldm = tmp_path / "ldm.ckpt"
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(make_ldm(vae))
+    trainer.save_checkpoint(ldm)
+    with pytest.raises(ConfigError, match="prior=fitted is for VAE checkpoints"):
+        run(_sample_cfg([f"ckpt={ldm}", "prior=fitted", f"out={tmp_path / 'y'}"], mnist_dir))
