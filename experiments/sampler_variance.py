@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ldm.diffusion.analytic import AnalyticDDIMSampler  # noqa: E402
 from ldm.diffusion.flow import EulerSampler, FlowAncestralSampler, FlowMatching, HeunSampler  # noqa: E402
 from ldm.diffusion.loop import sample  # noqa: E402
 from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2M  # noqa: E402
@@ -41,6 +42,8 @@ DIFFUSION = {
     "DPM-Solver++ 2M (trailing)": lambda n: DPMSolverPP2M(n),
     "DPM-Solver++ 2M leading": lambda n: DPMSolverPP2M(n, spacing="leading"),
 }
+# Calibrated on 2000 fresh draws of the data before sampling (ldm.diffusion.analytic).
+CALIBRATED = {"DDIM eta=1 analytic variance": lambda n: AnalyticDDIMSampler(n, eta=1.0)}
 FLOW = {
     "flow Euler": lambda n: EulerSampler(n),
     "flow Heun": lambda n: HeunSampler(n),
@@ -74,6 +77,21 @@ def variance_ratios(num: int, dim: int, s2: float = 1.0, seed: int = 0) -> dict[
         denoiser, table = gaussian_denoiser(schedule, s2), {}
         for name, make in DIFFUSION.items():
             table[name] = {n: _ratio(sample(denoiser, schedule, make(n), shape, generator=_g(seed)), s2) for n in STEPS}
+        data = torch.randn((2000, dim), generator=_g(seed + 1)) * s2**0.5
+        for name, make in CALIBRATED.items():
+            table[name] = {
+                n: _ratio(
+                    sample(
+                        denoiser,
+                        schedule,
+                        make(n).calibrated(denoiser, schedule, data, _g(seed + 2)),
+                        shape,
+                        generator=_g(seed),
+                    ),
+                    s2,
+                )
+                for n in STEPS
+            }
         table["DDPM (all 1000 steps)"] = {
             1000: _ratio(sample(denoiser, schedule, DDPMSampler(), shape, generator=_g(seed)), s2)
         }

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ldm.diffusion.analytic import AnalyticDDIMSampler
 from ldm.diffusion.flow import EulerSampler, FlowAncestralSampler, HeunSampler
 from ldm.diffusion.guidance import ClassConditioning, check_guidance, guide
+from ldm.diffusion.loop import denoiser_from
 from ldm.diffusion.objectives import Objective
 from ldm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2M
 from ldm.models.first_stage import FirstStage
@@ -26,6 +28,7 @@ from ldm.models.first_stage import FirstStage
 # The names of conf/sampler/*.yaml; each class's defaults are that file's values.
 SAMPLERS: dict[str, type] = {
     "ddim": DDIMSampler,
+    "ddim_analytic": AnalyticDDIMSampler,
     "ddpm": DDPMSampler,
     "dpmpp": DPMSolverPP2M,
     "euler": EulerSampler,
@@ -107,6 +110,30 @@ class DiffusionPipeline:
             return guide(cond, uncond, w)
 
         return guided
+
+    @staticmethod
+    def needs_calibration(sampler: Any) -> bool:
+        """A sampler that must measure the denoiser on data before it samples (`ldm.diffusion.analytic`)."""
+        return isinstance(sampler, AnalyticDDIMSampler) and sampler.x0_error is None
+
+    @torch.no_grad()
+    def calibrated(
+        self,
+        sampler: AnalyticDDIMSampler,
+        images: Tensor,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AnalyticDDIMSampler:
+        """`sampler` calibrated on training `images` (N, C, H, W) in [0, 1], encoded and normalised as the
+        latent cache does, through the denoiser sampling will use (the same `labels` / `guidance`)."""
+        self.objective.check_sampler(sampler)
+        z = self.first_stage.encode(images.to(self.device)).sample(generator)
+        network = self.guided_network(None if labels is None else labels.to(self.device), guidance)
+        denoiser = denoiser_from(network, self.objective.parameterization, self.objective.schedule)
+        return sampler.calibrated(
+            denoiser, self.objective.schedule, self.first_stage.normalizer.normalize(z), generator
+        )
 
     @torch.no_grad()
     def sample_latents(

@@ -95,6 +95,35 @@ def fitted_prior(vae: AutoencoderKL, data: ImageSource, device: torch.device, ba
     return gaussian
 
 
+def calibrate(
+    model: LatentDiffusionModule,
+    sampler: Any,
+    data: ImageSource | None,
+    guidance: float | None,
+    seed: int,
+    device: torch.device,
+) -> Any:
+    """`sampler` measured on the first `sampler.calibration_samples` training digits of `data` (ldm.diffusion.analytic)."""
+    if data is None:
+        raise ConfigError(f"{sampler!r} is calibrated on training digits: give data= (as in conf/sample.yaml)")
+    train = data.split("train")
+    batch = train.batch(torch.arange(min(sampler.calibration_samples, len(train))))
+    labels = batch.get("label") if model.conditioning is not None else None
+    start = time.perf_counter()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    calibrated = model.pipeline().calibrated(sampler, batch["image"], labels, guidance, generator)
+    errors = calibrated.x0_error
+    log.info(
+        "%s calibrated on %d training digits in %.1f s: x0 error %.3g (first step) .. %.3g (last)",
+        type(sampler).__name__,
+        len(batch["image"]),
+        time.perf_counter() - start,
+        errors[0],
+        errors[-1],
+    )
+    return calibrated
+
+
 def load_source(
     ckpt: Path, sampler: Any, request: Request, device: torch.device, data: ImageSource | None = None
 ) -> Source:
@@ -139,8 +168,10 @@ def load_source(
         model.objective.check_sampler(sampler)  # the family, and e.g. num_steps <= T
     except ValueError as e:
         raise ConfigError(f"sampler= / steps=: {e}") from None
-    model.sampler = sampler
     guidance = request.guidance
+    if model.pipeline().needs_calibration(sampler):
+        sampler = calibrate(model, sampler, data, guidance, request.seed, device)
+    model.sampler = sampler
     name = repr(model.sampler) + (f", guidance {guidance}" if guidance is not None else "")
     return Source(
         lambda n, g, y, on_step: model.sample(n, generator=g, labels=y, guidance=guidance, on_step=on_step),

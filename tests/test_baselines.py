@@ -100,3 +100,40 @@ def test_sample_py_decodes_a_gaussian_fitted_to_the_training_codes(tmp_path: Pat
     trainer.save_checkpoint(ldm)
     with pytest.raises(ConfigError, match="prior=fitted is for VAE checkpoints"):
         run(_sample_cfg([f"ckpt={ldm}", "prior=fitted", f"out={tmp_path / 'y'}"], mnist_dir))
+
+
+@pytest.mark.slow
+def test_the_baselines_report_runs_on_tiny_data(tmp_path: Path, mnist_dir: Path) -> None:
+    """experiments/baselines.sh end to end: three first stages trained, six rows scored, one table."""
+    import os
+    import subprocess
+
+    from test_classifier import save_classifier_checkpoint
+
+    env = {
+        **os.environ,
+        "LDM_DATA_DIR": str(mnist_dir),
+        "CLASSIFIER_CKPT": str(save_classifier_checkpoint(tmp_path / "classifier.ckpt")),
+        "VAE_EXTRA": "+trainer.limit_train_batches=2 data.val_size=64 model.vae.hidden_channels=[8,16,16] "
+        "callbacks.images=null test=false",
+        "EVAL_EXTRA": "data.val_size=64 device=cpu",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "experiments/baselines.sh"), str(tmp_path / "root"), "32"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = ["vae_beta1e-3", "vae_beta1", "ae"]
+    for row in rows:
+        for prior in ("standard", "fitted"):
+            folder = tmp_path / "root" / "baselines" / f"{row}.{prior}"
+            assert json.loads((folder / "metrics.json").read_text())["num_samples"] == 32
+            assert np.load(folder / "samples.npz")["images"].shape == (32, 28, 28)
+            assert f"| {row}.{prior} | 32 |" in done.stdout  # the table
+    beta1 = torch.load((tmp_path / "root" / "baselines" / "vae_beta1.ckpt").read_text().strip(), weights_only=True)[
+        "hyper_parameters"
+    ]
+    assert beta1["beta"] == 1.0

@@ -20,4 +20,6 @@ def test_variance_ratios_on_gaussian_data(tmp_path: Path) -> None:
         assert abs(results[schedule]["DDPM (all 1000 steps)"][1000] - 1) < 0.06  # exact posterior, all steps
         assert abs(results[schedule]["DDIM eta=0"][250] - 1) < 0.06  # the ODE, finely discretised
         assert results[schedule]["DDIM eta=1 (default)"][5] < 0.75  # few ancestral steps lose variance
+        for n in (5, 10, 20):  # ... and the analytic variance gives it back
+            assert abs(results[schedule]["DDIM eta=1 analytic variance"][n] - 1) < 0.08, (schedule, n)
     assert abs(results["flow"]["flow Heun"][20] - 1) < 0.06
