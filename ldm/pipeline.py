@@ -56,6 +56,8 @@ def make_sampler(sampler: Any, steps: int | None = None, eta: float | None = Non
                 f"{'steps' if key == 'num_steps' else key}= does not apply to {type(sampler).__name__} "
                 f"(it has no {key})"
             )
+    if config.get("x0_error") is not None and "num_steps" in wanted:
+        config = {**config, "x0_error": None}  # measured at the old steps: calibrate again
     return type(sampler)(**{**config, **wanted})
 
 

@@ -70,6 +70,10 @@ def test_calibration_is_required_serialised_and_checked() -> None:
     rebuilt = build(spec(calibrated))  # class path + plain values, as checkpoints store samplers
     assert isinstance(rebuilt, AnalyticDDIMSampler) and rebuilt.x0_error == calibrated.x0_error
     assert "calibrated" in repr(rebuilt) and len(rebuilt.x0_error) == 4
+    from ldm.pipeline import make_sampler
+
+    assert make_sampler(rebuilt, steps=6).x0_error is None  # other steps: measured again before sampling
+    assert make_sampler(rebuilt, eta=0.5).x0_error == calibrated.x0_error
     with pytest.raises(ValueError, match="x0_error must be 4 finite numbers >= 0"):
         AnalyticDDIMSampler(4, x0_error=[0.1, 0.2])
     with pytest.raises(ValueError, match="x0_error must be 2 finite numbers >= 0"):

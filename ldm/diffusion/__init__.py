@@ -31,9 +31,10 @@ arXiv 2010.02502); Improved DDPM (Nichol & Dhariwal 2021, arXiv 2102.09672);
 VDM (Kingma et al. 2021, arXiv 2107.00630); v-prediction (Salimans & Ho 2022,
 arXiv 2202.00512); Min-SNR (Hang et al. 2023, arXiv 2303.09556); DPM-Solver++
 (Lu et al. 2022, arXiv 2211.01095); timestep spacing (Lin et al. 2023,
-arXiv 2305.08891).
+arXiv 2305.08891); Analytic-DPM (Bao et al. 2022, arXiv 2201.06503 and 2206.07309).
 """
 
+from ldm.diffusion.analytic import AnalyticDDIMSampler, x0_errors
 from ldm.diffusion.loop import denoiser_from, sample
 from ldm.diffusion.parameterization import EpsilonPrediction, Parameterization, VPrediction, X0Prediction
 from ldm.diffusion.samplers import (
@@ -52,6 +53,7 @@ from ldm.diffusion.weighting import LossWeight, MinSNRWeight, UniformWeight
 
 __all__ = [
     "CLEAN",
+    "AnalyticDDIMSampler",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverPP2M",
@@ -76,4 +78,5 @@ __all__ = [
     "scaled_linear",
     "sigmoid",
     "timesteps",
+    "x0_errors",
 ]
