@@ -1,0 +1,161 @@
+"""Score every job of a schedule x parameterization x seed sweep, then one table and one figure
+(issue 16, item 6).
+
+    python train.py -m model=ldm schedule=linear,scaled_linear,cosine,sigmoid,interpolation \
+        parameterization=eps,v seed=0,1 ...                       # experiments/schedule_sweep.sh
+    python experiments/schedule_sweep.py logs/ldm/multiruns/<time> [more sweeps] --classifier C.ckpt --num 2000
+
+Each job folder (0, 1, ...) is scored with `evaluate.py ckpt=<job> num_samples=N` into
+<job>/eval_<N>/ (metrics.json, samples.npz, grid.png; skipped when already there), grouped by the
+job's `schedule`, `parameterization` and `seed` overrides (over all the sweeps given: e.g. one per
+seed). Writes sweep.json, fid.png (FID per
+schedule, one colour per parameterization, one dot per seed, a bar at the mean) and prints a
+Markdown table with the seed spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ldm.io import atomic_write, atomic_write_json  # noqa: E402
+
+KEYS = ("schedule", "parameterization", "seed")
+SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid", "interpolation")  # plotting order
+
+
+def overrides(job: Path) -> dict[str, str]:
+    """The job's `key=value` command-line overrides (Hydra's .hydra/<time>/overrides.yaml)."""
+    import yaml
+
+    files = sorted(job.glob(".hydra/*/overrides.yaml"))
+    if not files:
+        raise SystemExit(f"{job}: no .hydra/*/overrides.yaml; is this a job folder of a train.py -m sweep?")
+    pairs = (item.split("=", 1) for item in yaml.safe_load(files[-1].read_text()) or [])
+    return {key.lstrip("+"): value for key, value in pairs}
+
+
+def score(job: Path, classifier: str, num: int, extra: list[str]) -> dict:
+    out = job / f"eval_{num}"
+    if not (out / "metrics.json").is_file():
+        command = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={job}", f"classifier_ckpt={classifier}",
+                   f"num_samples={num}", f"out={out}", *extra]  # fmt: skip
+        print("+", " ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def collect(sweeps: list[Path], classifier: str, num: int, extra: list[str]) -> list[dict]:
+    rows = []
+    for sweep in sweeps:
+        rows += _collect(sweep, classifier, num, extra)
+    return rows
+
+
+def _collect(sweep: Path, classifier: str, num: int, extra: list[str]) -> list[dict]:
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    if not jobs:
+        raise SystemExit(f"{sweep}: no job folders (0, 1, ...): pass the folder of a train.py -m sweep")
+    rows = []
+    for job in jobs:
+        given = overrides(job)
+        result = score(job, classifier, num, extra)
+        rows.append(
+            {
+                "job": str(job.relative_to(sweep.parent)),
+                **{key: given.get(key, "default") for key in KEYS},
+                "metrics": result["metrics"],
+                "floor_fid": result.get("floor", {}).get("fid"),
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["schedule"], row["parameterization"]), []).append(row)
+    lines = [
+        "| schedule | parameterization | FID per seed | FID mean | KID mean | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (schedule, param), members in sorted(groups.items(), key=lambda kv: _order(kv[0][0])):
+        members = sorted(members, key=lambda r: r["seed"])
+        fids = [m["metrics"]["fid"] for m in members]
+
+        def mean(key: str, members: list[dict] = members) -> float:
+            return statistics.mean(m["metrics"][key] for m in members)
+
+        lines.append(
+            f"| {schedule} | {param} | "
+            + " / ".join(f"{f:.3f}" for f in fids)
+            + f" | **{statistics.mean(fids):.3f}** | "
+            f"{mean('kid'):.4f} | {mean('precision'):.3f} | {mean('recall'):.3f} |"
+        )
+    floors = [r["floor_fid"] for r in rows if r["floor_fid"] is not None]
+    if floors:
+        lines.append(f"\nFloor (real train digits, same count): FID {statistics.mean(floors):.3f}.")
+    return "\n".join(lines)
+
+
+def _order(schedule: str) -> tuple[int, str]:
+    return (SCHEDULES.index(schedule) if schedule in SCHEDULES else len(SCHEDULES), schedule)
+
+
+def plot(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    schedules = sorted({r["schedule"] for r in rows}, key=_order)
+    params = sorted({r["parameterization"] for r in rows})
+    width = 0.8 / len(params)
+    fig, ax = plt.subplots(figsize=(1.6 * len(schedules) + 2, 3.6))
+    for j, param in enumerate(params):
+        colour = f"C{j}"
+        for i, schedule in enumerate(schedules):
+            fids = [r["metrics"]["fid"] for r in rows if r["schedule"] == schedule and r["parameterization"] == param]
+            if not fids:
+                continue
+            x = i + (j - (len(params) - 1) / 2) * width
+            ax.bar(x, statistics.mean(fids), width * 0.9, color=colour, alpha=0.35, label=param if i == 0 else None)
+            ax.scatter([x] * len(fids), fids, color=colour, s=14, zorder=3)
+    floors = [r["floor_fid"] for r in rows if r["floor_fid"] is not None]
+    if floors:
+        ax.axhline(statistics.mean(floors), color="black", lw=0.8, ls="--", label="floor (real digits)")
+    ax.set(xticks=range(len(schedules)), xticklabels=schedules, ylabel="FID (classifier features)")
+    ax.set_title("FID per schedule: bar = mean over seeds, dots = seeds", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", type=Path, nargs="+", help="multirun folders (logs/ldm/multiruns/<time>)")
+    parser.add_argument("--classifier", required=True, help="the judge: a model=classifier checkpoint")
+    parser.add_argument("--num", type=int, default=2000, help="samples per job")
+    parser.add_argument("--out", type=Path, help="where sweep.json and fid.png go (default: the last sweep folder)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more evaluate.py overrides (e.g. device=cpu)")
+    args = parser.parse_args(argv)
+    rows = collect(args.sweeps, args.classifier, args.num, args.extra)
+    out = args.out or args.sweeps[-1]
+    atomic_write_json(out / "sweep.json", rows)
+    plot(rows, out / "fid.png")
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

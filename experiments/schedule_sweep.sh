@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 16 item 6: every schedule x {eps, v} x two seeds at equal steps -- one multirun -- then each
+# job scored with evaluate.py (N samples, default 2000) and summarised in one table and one figure.
+#
+#   bash experiments/schedule_sweep.sh cpu  ROOT [N]   # the objective ablation's budget: 1.0M UNet, 4 epochs
+#                                                      # at batch 256 = 860 steps per job (~5 min each on 2 cores)
+#   bash experiments/schedule_sweep.sh tiny ROOT [N]   # a smoke run of the script (seconds per job)
+#
+# Needs a VAE and a classifier: VAE_CKPT / CLASSIFIER_CKPT, else the latest runs under ROOT. MNIST from
+# LDM_DATA_DIR. SWEEP: more overrides for every job (e.g. data.images.val_size=64 on a small dataset);
+# EVAL_EXTRA: more evaluate.py overrides; GRID: another grid (e.g. GRID="schedule=linear,sigmoid seed=0,1"). Writes ROOT/logs/ldm/multiruns/<time>/{sweep.json, fid.png}.
+set -euo pipefail
+profile=${1:?usage: schedule_sweep.sh cpu|tiny ROOT [N]}
+root=${2:?usage: schedule_sweep.sh cpu|tiny ROOT [N]}
+n=${3:-2000}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+latest() { python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$1"; }
+vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
+classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
+grid=(${GRID:-schedule=linear,scaled_linear,cosine,sigmoid,interpolation parameterization=eps,v seed=0,1})
+case $profile in
+  cpu)  budget=(trainer=cpu model.unet.base_channels=32 data.batch_size=256 model.scheduler.warmup_steps=200
+                trainer.max_epochs=4) ;;
+  tiny) budget=(trainer=cpu model.unet.base_channels=8 model.unet.num_res_blocks=1 data.batch_size=64
+                trainer.max_epochs=1 +trainer.limit_train_batches=2 model.scheduler.warmup_steps=1) ;;
+  *) echo "unknown profile $profile (cpu | tiny)" >&2; exit 2 ;;
+esac
+before=$(ls -d "$root"/logs/ldm/multiruns/*/ 2>/dev/null | sort | tail -1 || true)
+cmd=(python train.py -m model=ldm "${grid[@]}" "${budget[@]}" "vae_ckpt=$vae" "paths.root_dir=$root"
+     callbacks.sample_quality=null callbacks.images.every_n_epochs=4 test=false logger=csv ${SWEEP:-})
+echo "+ ${cmd[*]}"
+"${cmd[@]}"
+sweep=$(ls -d "$root"/logs/ldm/multiruns/*/ | sort | tail -1)
+[[ $sweep != "$before" ]] || { echo "no new multirun folder under $root/logs/ldm/multiruns" >&2; exit 1; }
+python experiments/schedule_sweep.py "$sweep" --classifier "$classifier" --num "$n" --extra paths.root_dir="$root" ${EVAL_EXTRA:-}

@@ -1,0 +1,46 @@
+"""experiments/schedule_sweep.sh (issue 16 item 6) end to end on tiny data: one multirun, every job
+scored, one table and one figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, save_vae_checkpoint
+from test_classifier import save_classifier_checkpoint
+
+
+@pytest.mark.slow
+def test_the_sweep_trains_every_point_and_scores_each_job(tmp_path: Path, mnist_dir: Path) -> None:
+    env = {
+        **os.environ,
+        "LDM_DATA_DIR": str(mnist_dir),
+        "VAE_CKPT": str(save_vae_checkpoint(tmp_path / "vae.ckpt")),
+        "CLASSIFIER_CKPT": str(save_classifier_checkpoint(tmp_path / "classifier.ckpt")),
+        "GRID": "schedule=linear,sigmoid parameterization=eps,v seed=0",
+        "SWEEP": "data.images.val_size=64",
+        "EVAL_EXTRA": "data.val_size=64 device=cpu",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "experiments/schedule_sweep.sh"), "tiny", str(tmp_path / "root"), "24"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (sweep,) = (tmp_path / "root" / "logs" / "ldm" / "multiruns").iterdir()
+    rows = json.loads((sweep / "sweep.json").read_text())
+    assert sorted((r["schedule"], r["parameterization"]) for r in rows) == [
+        ("linear", "eps"), ("linear", "v"), ("sigmoid", "eps"), ("sigmoid", "v")
+    ]  # fmt: skip
+    for row in rows:
+        samples = np.load(sweep.parent / row["job"] / "eval_24" / "samples.npz")["images"]
+        assert samples.shape == (24, 28, 28)
+    assert (sweep / "fid.png").stat().st_size > 0
+    assert "| linear | eps |" in done.stdout and "| sigmoid | v |" in done.stdout
