@@ -5,7 +5,8 @@
         parameterization=eps,v seed=0,1 ...                       # experiments/schedule_sweep.sh
     python experiments/schedule_sweep.py logs/ldm/multiruns/<time> [more sweeps] --classifier C.ckpt --num 2000
 
-Each job folder (0, 1, ...) is scored with `evaluate.py ckpt=<job> num_samples=N` into
+Each job folder (0, 1, ...) is scored at its last step (equal steps for every job) with
+`evaluate.py ckpt=<job>/checkpoints/last.ckpt num_samples=N` into
 <job>/eval_<N>/ (metrics.json, samples.npz, grid.png; skipped when already there), grouped by the
 job's `schedule`, `parameterization` and `seed` overrides (over all the sweeps given: e.g. one per
 seed). Writes sweep.json, fid.png (FID per
@@ -45,7 +46,7 @@ def overrides(job: Path) -> dict[str, str]:
 def score(job: Path, classifier: str, num: int, extra: list[str]) -> dict:
     out = job / f"eval_{num}"
     if not (out / "metrics.json").is_file():
-        command = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={job}", f"classifier_ckpt={classifier}",
+        command = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={job / 'checkpoints' / 'last.ckpt'}", f"classifier_ckpt={classifier}",
                    f"num_samples={num}", f"out={out}", *extra]  # fmt: skip
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
