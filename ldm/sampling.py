@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from ldm.calibration import calibrate, fitted_prior
 from ldm.checkpoints import CheckpointError, checkpoint_kind, checkpoint_of, load_vae
 from ldm.data.source import ImageSource
 from ldm.errors import ConfigError
@@ -31,8 +32,6 @@ from ldm.figures import trajectory
 from ldm.grids import grid_image, labelled_grid, save_png
 from ldm.guard import NonFiniteError
 from ldm.io import atomic_write_json
-from ldm.models.autoencoder import AutoencoderKL
-from ldm.models.gaussian import FittedGaussian
 from ldm.pipeline import make_sampler
 from ldm.sample_request import Request, batch_labels, given_labels, pick_device
 from ldm.samples import Parts, to_uint8
@@ -73,55 +72,6 @@ class Source:
     @property
     def num_classes(self) -> int | None:
         return self.model.conditioning.num_classes if self.model is not None and self.model.conditioning else None
-
-
-def fitted_prior(vae: AutoencoderKL, data: ImageSource, device: torch.device, batch_size: int = 1000) -> FittedGaussian:
-    """A Gaussian fitted to the posterior means of every training digit of `data` (`ldm.models.gaussian`)."""
-    images = data.split("train")
-    start = time.perf_counter()
-    batches = (
-        vae.encode(images.batch(indices)["image"].to(device)).mode()
-        for indices in torch.arange(len(images)).split(batch_size)
-    )
-    try:
-        gaussian = FittedGaussian.fit(batches).to(device)
-    except ValueError as e:
-        raise ConfigError(f"prior=fitted: {e}") from None
-    log.info(
-        "prior=fitted: a Gaussian fitted to the codes of %d training digits in %.1f s",
-        len(images),
-        time.perf_counter() - start,
-    )
-    return gaussian
-
-
-def calibrate(
-    model: LatentDiffusionModule,
-    sampler: Any,
-    data: ImageSource | None,
-    guidance: float | None,
-    seed: int,
-    device: torch.device,
-) -> Any:
-    """`sampler` measured on the first `sampler.calibration_samples` training digits of `data` (ldm.diffusion.analytic)."""
-    if data is None:
-        raise ConfigError(f"{sampler!r} is calibrated on training digits: give data= (as in conf/sample.yaml)")
-    train = data.split("train")
-    batch = train.batch(torch.arange(min(sampler.calibration_samples, len(train))))
-    labels = batch.get("label") if model.conditioning is not None else None
-    start = time.perf_counter()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    calibrated = model.pipeline().calibrated(sampler, batch["image"], labels, guidance, generator)
-    errors = calibrated.x0_error
-    log.info(
-        "%s calibrated on %d training digits in %.1f s: x0 error %.3g (first step) .. %.3g (last)",
-        type(sampler).__name__,
-        len(batch["image"]),
-        time.perf_counter() - start,
-        errors[0],
-        errors[-1],
-    )
-    return calibrated
 
 
 def load_source(
