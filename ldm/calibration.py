@@ -60,7 +60,7 @@ def calibrate(
     start = time.perf_counter()
     generator = torch.Generator(device=device).manual_seed(seed)
     calibrated = model.pipeline().calibrated(sampler, batch["image"], labels, guidance, generator)
-    errors = calibrated.x0_error
+    errors = [float(torch.as_tensor(v).mean()) for v in calibrated.x0_error]  # per step (mean over dimensions)
     log.info(
         "%s calibrated on %d training digits in %.1f s: x0 error %.3g (first step) .. %.3g (last)",
         type(sampler).__name__,

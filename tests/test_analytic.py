@@ -39,12 +39,13 @@ def test_with_a_perfect_denoiser_the_x0_error_is_the_posterior_variance(make) ->
 
 
 @pytest.mark.parametrize("make", [linear, sigmoid])
-def test_few_steps_keep_the_data_variance_where_plain_ddim_loses_it(make) -> None:
+@pytest.mark.parametrize("per_dimension", [False, True])
+def test_few_steps_keep_the_data_variance_where_plain_ddim_loses_it(make, per_dimension: bool) -> None:
     schedule = NoiseSchedule(make(1000))
     denoiser, data = exact_denoiser(schedule), torch.randn(2000, 64, generator=_g(2))
     for steps in (5, 10, 20):
         plain = sample(denoiser, schedule, DDIMSampler(steps, eta=1.0), (2000, 64), generator=_g(3)).var()
-        analytic = AnalyticDDIMSampler(steps).calibrated(denoiser, schedule, data, _g(4))
+        analytic = AnalyticDDIMSampler(steps, per_dimension=per_dimension).calibrated(denoiser, schedule, data, _g(4))
         kept = sample(denoiser, schedule, analytic, (2000, 64), generator=_g(3)).var()
         assert plain < 0.85 and abs(kept - 1) < 0.06, (steps, float(plain), float(kept))
 
@@ -59,6 +60,11 @@ def test_an_imperfect_denoiser_gets_its_own_error_added() -> None:
 
     errors = x0_errors(zero, schedule, 2 * torch.randn(3000, 8, generator=_g(5)), [900, 50], _g(6))
     assert errors == pytest.approx([4.0, 4.0], rel=0.05)
+    # Per dimension: one dimension of spread 1, one of spread 3 -> errors 1 and 9 (averaged: 5).
+    data = torch.randn(4000, 2, generator=_g(7)) * torch.tensor([1.0, 3.0])
+    (per_dim,) = x0_errors(zero, schedule, data, [500], _g(8), per_dimension=True)
+    assert per_dim == pytest.approx([1.0, 9.0], rel=0.06)
+    assert x0_errors(zero, schedule, data, [500], _g(8)) == pytest.approx([sum(per_dim) / 2], rel=1e-6)
 
 
 def test_calibration_is_required_serialised_and_checked() -> None:
@@ -70,14 +76,23 @@ def test_calibration_is_required_serialised_and_checked() -> None:
     rebuilt = build(spec(calibrated))  # class path + plain values, as checkpoints store samplers
     assert isinstance(rebuilt, AnalyticDDIMSampler) and rebuilt.x0_error == calibrated.x0_error
     assert "calibrated" in repr(rebuilt) and len(rebuilt.x0_error) == 4
+    per_dim = AnalyticDDIMSampler(4, per_dimension=True).calibrated(
+        exact_denoiser(schedule), schedule, torch.randn(50, 3, generator=_g(1))
+    )
+    rebuilt = build(spec(per_dim))
+    assert rebuilt.x0_error == per_dim.x0_error and len(rebuilt.x0_error[0]) == 3 and rebuilt.per_dimension
     from ldm.pipeline import make_sampler
 
     assert make_sampler(rebuilt, steps=6).x0_error is None  # other steps: measured again before sampling
     assert make_sampler(rebuilt, eta=0.5).x0_error == calibrated.x0_error
-    with pytest.raises(ValueError, match="x0_error must be 4 finite numbers >= 0"):
+    with pytest.raises(ValueError, match=r"x0_error must be 4 numbers \(one per step\), finite and >= 0"):
         AnalyticDDIMSampler(4, x0_error=[0.1, 0.2])
-    with pytest.raises(ValueError, match="x0_error must be 2 finite numbers >= 0"):
+    with pytest.raises(ValueError, match="x0_error must be 2 numbers"):
         AnalyticDDIMSampler(2, x0_error=[0.1, float("nan")])
+    with pytest.raises(ValueError, match="x0_error must be 2 lists of numbers of one shape"):
+        AnalyticDDIMSampler(2, x0_error=[[0.1, 0.2], [0.1]], per_dimension=True)
+    with pytest.raises(ValueError, match="x0_error must be 2 numbers"):
+        AnalyticDDIMSampler(2, x0_error=[[0.1, 0.2], [0.1, 0.3]])  # per-dimension values, but not asked for
     with pytest.raises(ValueError, match="calibration_samples must be a positive int"):
         AnalyticDDIMSampler(2, calibration_samples=0)
 

@@ -14,6 +14,10 @@ c^2 as in DDIM (eta). v_t is measured once per timestep on training data (`x0_er
 perfect denoiser it is the posterior variance E tr Cov[x0 | x_t] / d, and with a real one it also
 holds the network's own error, which the optimal variance then covers too (2022b). The last step
 (to clean data) adds nothing, as in both papers: the output is the prediction.
+
+`per_dimension=True` keeps one v_t per latent dimension (the error averaged over the data only, a
+diagonal covariance, as 2022b's SN-DPM but measured rather than learned): dimensions the network
+predicts well get less noise than those it does not.
 """
 
 from __future__ import annotations
@@ -36,18 +40,21 @@ def x0_errors(
     steps: Sequence[int],
     generator: torch.Generator | None = None,
     batch_size: int = 1000,
-) -> list[float]:
-    """v_t = mean squared error of the denoiser's x0_hat over `x0` (N, ...) noised afresh at each t in `steps`."""
+    per_dimension: bool = False,
+) -> list[Any]:
+    """v_t = mean squared error of the denoiser's x0_hat over `x0` (N, ...) noised afresh at each t in
+    `steps`: one number per step, or (`per_dimension`) nested lists shaped like one sample."""
     errors = []
     for t in steps:
-        total = 0.0
+        total = torch.zeros(x0.shape[1:], dtype=torch.float64, device=x0.device)
         for batch in x0.split(batch_size):
             eps = _randn(batch.shape, generator, batch.device, batch.dtype)
             index = torch.full((len(batch),), int(t), dtype=torch.long, device=batch.device)
             x_t = schedule.q_sample(batch, index, eps)
             x0_hat, _ = denoiser(x_t, index)
-            total += float((x0_hat.float() - batch.float()).pow(2).sum())
-        errors.append(total / x0.numel())
+            total += (x0_hat.double() - batch.double()).pow(2).sum(0)
+        mean = total / len(x0)
+        errors.append(mean.cpu().tolist() if per_dimension else float(mean.mean()))
     return errors
 
 
@@ -63,23 +70,30 @@ class AnalyticDDIMSampler(DDIMSampler):
         num_steps: int = 50,
         eta: float = 1.0,
         spacing: Spacing = "leading",
-        x0_error: Sequence[float] | None = None,
+        x0_error: Sequence[Any] | None = None,
         calibration_samples: int = 2000,
+        per_dimension: bool = False,
     ) -> None:
         super().__init__(num_steps, eta, spacing)
         if not isinstance(calibration_samples, int) or calibration_samples < 1:
             raise ValueError(f"calibration_samples must be a positive int, got {calibration_samples!r}")
+        self.calibration_samples, self.per_dimension = calibration_samples, bool(per_dimension)
+        self.x0_error, self._v = None, None
         if x0_error is not None:
-            x0_error = [float(v) for v in x0_error]
-            if len(x0_error) != num_steps or not all(0 <= v < float("inf") for v in x0_error):
-                raise ValueError(f"x0_error must be {num_steps} finite numbers >= 0 (one per step), got {x0_error}")
-        self.x0_error, self.calibration_samples = x0_error, calibration_samples
+            self._v = [torch.as_tensor(v, dtype=torch.float32) for v in x0_error]
+            finite = all(bool(((v >= 0) & (v < float("inf"))).all()) for v in self._v)
+            shapes = {v.shape for v in self._v}
+            if len(self._v) != num_steps or not finite or len(shapes) != 1 or (self._v[0].ndim > 0) != per_dimension:
+                what = "lists of numbers of one shape" if per_dimension else "numbers"
+                raise ValueError(f"x0_error must be {num_steps} {what} (one per step), finite and >= 0")
+            self.x0_error = [v.tolist() for v in self._v]
 
     def calibrated(
         self, denoiser: Denoiser, schedule: NoiseSchedule, x0: Tensor, generator: torch.Generator | None = None
     ) -> AnalyticDDIMSampler:
         """A copy with v_t measured on `x0` (normalised training latents) at each of its timesteps."""
-        errors = x0_errors(denoiser, schedule, x0, self.timesteps(schedule).tolist(), generator)
+        steps = self.timesteps(schedule).tolist()
+        errors = x0_errors(denoiser, schedule, x0, steps, generator, per_dimension=self.per_dimension)
         return AnalyticDDIMSampler(**{**self.config, "x0_error": errors})
 
     def step(
@@ -94,14 +108,14 @@ class AnalyticDDIMSampler(DDIMSampler):
         state: Any = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Any]:
-        if self.x0_error is None:
+        if self._v is None:
             raise RuntimeError(
                 "AnalyticDDIMSampler has no x0_error: calibrate it on training data first (sample.py and "
                 "evaluate.py do; from Python: sampler.calibrated(denoiser, schedule, latents))"
             )
         if s == CLEAN:
             return super().step(schedule, x_t, x0_hat, eps_hat, t, s, generator=generator)
-        v_t = self.x0_error[self.timesteps(schedule).tolist().index(t)]
+        v_t = self._v[self.timesteps(schedule).tolist().index(t)].to(x_t.device, x_t.dtype)
         alpha_t, sigma_t = schedule.at(t)
         alpha_s, sigma_s = schedule.at(s)
         c2 = self.eta**2 * transition_var(alpha_t, sigma_t, alpha_s, sigma_s) * sigma_s**2 / sigma_t**2
@@ -112,8 +126,16 @@ class AnalyticDDIMSampler(DDIMSampler):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {**super().config, "x0_error": self.x0_error, "calibration_samples": self.calibration_samples}
+        return {
+            **super().config,
+            "x0_error": self.x0_error,
+            "calibration_samples": self.calibration_samples,
+            "per_dimension": self.per_dimension,
+        }
 
     def __repr__(self) -> str:
         state = "calibrated" if self.x0_error is not None else "uncalibrated"
-        return f"AnalyticDDIMSampler(num_steps={self.num_steps}, eta={self.eta}, spacing={self.spacing!r}, {state})"
+        return (
+            f"AnalyticDDIMSampler(num_steps={self.num_steps}, eta={self.eta}, spacing={self.spacing!r}, "
+            f"per_dimension={self.per_dimension}, {state})"
+        )
