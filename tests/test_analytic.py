@@ -79,8 +79,9 @@ def test_calibration_is_required_serialised_and_checked() -> None:
     per_dim = AnalyticDDIMSampler(4, per_dimension=True).calibrated(
         exact_denoiser(schedule), schedule, torch.randn(50, 3, generator=_g(1))
     )
-    rebuilt = build(spec(per_dim))
-    assert rebuilt.x0_error == per_dim.x0_error and len(rebuilt.x0_error[0]) == 3 and rebuilt.per_dimension
+    rebuilt_per_dim = build(spec(per_dim))
+    assert rebuilt_per_dim.x0_error == per_dim.x0_error and len(per_dim.x0_error[0]) == 3
+    assert rebuilt_per_dim.per_dimension
     from ldm.pipeline import make_sampler
 
     assert make_sampler(rebuilt, steps=6).x0_error is None  # other steps: measured again before sampling
