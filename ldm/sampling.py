@@ -102,6 +102,12 @@ def load_source(
                 raise ConfigError("prior=fitted needs the training digits to fit to (data=, as in conf/sample.yaml)")
             gaussian = fitted_prior(vae, data, device)
             return Source(lambda n, g, y, on_step: vae.decode(gaussian.sample(n, g)), "vae fitted gaussian", Path(ckpt))
+        if vae.deterministic:
+            log.warning(
+                "%s is a plain autoencoder: N(0, I) is not its prior, so these samples say little; "
+                "prior=fitted decodes a Gaussian fitted to its codes",
+                ckpt,
+            )
         shape = vae.latent_shape
         return Source(
             lambda n, g, y, on_step: vae.decode(torch.randn((n, *shape), generator=g, device=device)),

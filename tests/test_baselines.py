@@ -57,10 +57,14 @@ def test_the_plain_autoencoder_trains_on_the_mean_and_has_no_kl(tmp_path: Path, 
     module.train()
     losses = [module._shared_step(batch, "train") for _ in range(2)]  # no sampled latent: no noise
     assert torch.equal(losses[0], losses[1])
-    vae = VAEModule(module.vae, beta=1e-3)  # the VAE samples z: the same batch gives another loss
+    posterior = module.vae.encode(batch["image"])  # as a first stage too: the code, not a draw around it
+    assert float((posterior.sample() - posterior.mean).abs().max()) < 1e-5 and float(posterior.std.max()) < 1e-6
+    from ldm.models.autoencoder import AutoencoderKL
+
+    vae = VAEModule(AutoencoderKL(hidden_channels=(8, 16, 16)), beta=1e-3)  # a VAE samples z: another loss
     assert not torch.equal(vae._shared_step(batch, "train"), vae._shared_step(batch, "train"))
-    with pytest.raises(ValueError, match="model.deterministic=true is a plain autoencoder .* set model.beta=0"):
-        VAEModule(module.vae, beta=1e-3, deterministic=True)
+    with pytest.raises(ValueError, match="model.vae.deterministic=true is a plain autoencoder .* set model.beta=0"):
+        VAEModule(module.vae, beta=1e-3)
 
 
 def _sample_cfg(overrides: list[str], data_dir: Path):
@@ -137,3 +141,21 @@ def test_the_baselines_report_runs_on_tiny_data(tmp_path: Path, mnist_dir: Path)
         "hyper_parameters"
     ]
     assert beta1["beta"] == 1.0
+
+
+def test_an_autoencoder_sampled_from_n01_warns_and_its_fit_is_its_codes(tmp_path: Path, mnist_dir: Path, caplog):
+    import lightning as L
+
+    from ldm.checkpoints import load_vae
+    from ldm.cli.sample import run
+    from ldm.models.autoencoder import AutoencoderKL
+    from ldm.systems.vae import VAEModule
+
+    ae = tmp_path / "ae.ckpt"
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(VAEModule(AutoencoderKL(hidden_channels=(8, 16, 16), deterministic=True), beta=0.0))
+    trainer.save_checkpoint(ae)
+    assert load_vae(ae).deterministic  # the checkpoint rebuilds a plain autoencoder (and a first stage that is one)
+    with caplog.at_level("WARNING", logger="ldm.sampling"):
+        run(_sample_cfg([f"ckpt={ae}", "num_samples=2", f"out={tmp_path / 's'}"], mnist_dir))
+    assert "is a plain autoencoder: N(0, I) is not its prior" in caplog.text

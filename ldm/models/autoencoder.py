@@ -93,6 +93,8 @@ class AutoencoderKL(nn.Module):
         latent_channels: C of the latent (B, C, H/f, W/f).
         hidden_channels: widths per resolution level; f = 2 ** (len(hidden_channels) - 1).
         num_res_blocks: residual blocks per level in encoder and decoder.
+        deterministic: a plain autoencoder: `encode` returns the mean with the smallest std the
+            posterior allows (the log-variance head is unused), so a draw is the code itself.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class AutoencoderKL(nn.Module):
         latent_channels: int = 4,
         hidden_channels: Sequence[int] = (32, 64, 128),
         num_res_blocks: int = 1,
+        deterministic: bool = False,
     ) -> None:
         super().__init__()
         hidden_channels = [int(c) for c in hidden_channels]
@@ -123,6 +126,9 @@ class AutoencoderKL(nn.Module):
             hidden_channels=hidden_channels,
             num_res_blocks=num_res_blocks,
         )
+        if deterministic:  # only when set: the configs (and latent-cache keys) of VAEs stay as they were
+            self.config["deterministic"] = True
+        self.deterministic = bool(deterministic)
         self.encoder = Encoder(in_channels, latent_channels, hidden_channels, num_res_blocks)
         self.decoder = Decoder(in_channels, latent_channels, hidden_channels, num_res_blocks)
         self.latent_shape = (latent_channels, image_size // factor, image_size // factor)
@@ -133,6 +139,8 @@ class AutoencoderKL(nn.Module):
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """Images in [0, 1] (B, C, H, W) -> the posterior q(z | x) over (B, *latent_shape)."""
         mean, logvar = self.encoder(x).chunk(2, dim=1)
+        if self.deterministic:  # a plain autoencoder: its code is the mean (the smallest std the posterior allows)
+            logvar = torch.full_like(mean, DiagonalGaussian.MIN_LOGVAR)
         return DiagonalGaussian(mean, logvar)
 
     def decode_logits(self, z: Tensor) -> Tensor:

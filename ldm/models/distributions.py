@@ -9,10 +9,12 @@ from torch import Tensor
 class DiagonalGaussian:
     """N(mean, diag(exp(logvar))) over latents of shape (B, C, h, w)."""
 
+    MIN_LOGVAR, MAX_LOGVAR = -30.0, 20.0  # std from 3e-7 to 2e4
+
     def __init__(self, mean: Tensor, logvar: Tensor) -> None:
         self.mean = mean
         # Bounded so exp() can neither overflow nor collapse to an exactly-zero std early on.
-        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.logvar = logvar.clamp(self.MIN_LOGVAR, self.MAX_LOGVAR)
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:

@@ -57,9 +57,10 @@ class VAEModule(L.LightningModule):
         beta: weight of the KL term.
         beta_warmup_steps: beta grows linearly from 0 over these training steps (0 = off);
             validation and test always use the full beta, so val/loss is comparable across epochs.
-        deterministic: a plain autoencoder: training decodes the posterior mean, never a draw, and
-            beta must be 0 (conf/model/ae.yaml). Its generator is a Gaussian fitted to its codes
-            (`sample.py ckpt=<ae> prior=fitted`, `ldm.models.gaussian`).
+
+    A VAE built with `deterministic=True` is a plain autoencoder (conf/model/ae.yaml): it encodes to
+    its mean, trains on reconstruction alone (beta must be 0), and generates through a Gaussian
+    fitted to its codes (`sample.py ckpt=<ae> prior=fitted`, `ldm.models.gaussian`).
     """
 
     KIND = "vae"  # checkpoint["ldm"]["kind"]: which stage wrote a checkpoint
@@ -73,21 +74,20 @@ class VAEModule(L.LightningModule):
         beta: float = 1e-3,
         beta_warmup_steps: int = 0,
         compile: bool | str = False,
-        deterministic: bool = False,
     ) -> None:
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"model.recon_loss={recon_loss!r} is not one of {sorted(RECON_LOSSES)}")
         if not (0 <= beta < math.inf) or beta_warmup_steps < 0:
             raise ValueError(f"model.beta={beta} and model.beta_warmup_steps={beta_warmup_steps} must be >= 0")
-        if deterministic and beta != 0:
-            raise ValueError(
-                f"model.deterministic=true is a plain autoencoder with no KL term: set model.beta=0 (got {beta})"
-            )
         self.save_hyperparameters(
             ignore=["vae", "optimizer", "scheduler"], logger=False
         )  # loggers get the resolved config
         vae = built(vae, AutoencoderKL)
+        if vae.deterministic and beta != 0:
+            raise ValueError(
+                f"model.vae.deterministic=true is a plain autoencoder with no KL term: set model.beta=0 (got {beta})"
+            )
         self.hparams["vae"] = spec(vae)  # a spec (ldm.serialize), so load_from_checkpoint rebuilds it
         self.vae = vae
         size = vae.config["image_size"]  # one input, so that the model summary counts real FLOPs
@@ -115,7 +115,7 @@ class VAEModule(L.LightningModule):
         x = batch["image"]
         train = stage == "train"
         # Training samples z (the ELBO's Monte-Carlo estimate); evaluation, and a plain autoencoder, decode the mean.
-        sample = train and not self.hparams.get("deterministic", False)
+        sample = train and not self.vae.deterministic
         logits, posterior = (self.compiled(self.vae) if train else self.vae)(x, sample_posterior=sample)
         recon = self.recon_fn(logits.float(), x.float()).mean()
         kl = posterior.kl().float().mean()
