@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ldm.data.source import ImageSource
 from ldm.errors import ConfigError
@@ -26,6 +28,7 @@ log = logging.getLogger("ldm.sampling")  # one logger for everything sample.py r
 def fitted_prior(vae: AutoencoderKL, data: ImageSource, device: torch.device, batch_size: int = 1000) -> FittedGaussian:
     """A Gaussian fitted to the posterior means of every training digit of `data` (`ldm.models.gaussian`)."""
     images = data.split("train")
+    log.info("prior=fitted: encoding the %d training digits to fit a Gaussian to their codes ...", len(images))
     start = time.perf_counter()
     batches = (
         vae.encode(images.batch(indices)["image"].to(device)).mode()
@@ -57,6 +60,12 @@ def calibrate(
     train = data.split("train")
     batch = train.batch(torch.arange(min(sampler.calibration_samples, len(train))))
     labels = batch.get("label") if model.conditioning is not None else None
+    log.info(
+        "Calibrating %s on %d training digits (%d network passes each) ...",
+        type(sampler).__name__,
+        len(batch["image"]),
+        sampler.num_steps,
+    )
     start = time.perf_counter()
     generator = torch.Generator(device=device).manual_seed(seed)
     calibrated = model.pipeline().calibrated(sampler, batch["image"], labels, guidance, generator)
@@ -70,3 +79,11 @@ def calibrate(
         errors[-1],
     )
     return calibrated
+
+
+def fit_digest(*tensors: Tensor) -> str:
+    """A short fingerprint of measured values: parts drawn with another fit are never reused."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().double().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -193,6 +193,9 @@ class CpuEstimate(L.Callback):
             return
         remaining = max(0, int(total) - step)
         self.estimate = remaining / rate
+        if remaining == 0:  # a run that ended before it could be measured: say what it took
+            log.info("No GPU: %.2f training steps/s on the CPU over this run's %d steps. %s", rate, step, self.hint)
+            return
         log.info(
             "No GPU: %.2f training steps/s on the CPU; the remaining %d of %d steps take about %s, validation "
             "not included. %s",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ldm.diffusion.analytic import AnalyticDDIMSampler
+from ldm.diffusion.analytic import AnalyticDDIMSampler, x0_errors
 from ldm.diffusion.flow import EulerSampler, FlowAncestralSampler, HeunSampler
 from ldm.diffusion.guidance import ClassConditioning, check_guidance, guide
 from ldm.diffusion.loop import denoiser_from
@@ -126,16 +126,31 @@ class DiffusionPipeline:
         labels: Tensor | None = None,
         guidance: float | None = None,
         generator: torch.Generator | None = None,
+        batch_size: int = 1000,
     ) -> AnalyticDDIMSampler:
         """`sampler` calibrated on training `images` (N, C, H, W) in [0, 1], encoded and normalised as the
-        latent cache does, through the denoiser sampling will use (the same `labels` / `guidance`)."""
+        latent cache does, through the denoiser sampling will use (the same `labels` / `guidance`):
+
+            pipe.sample(16, sampler=pipe.calibrated(AnalyticDDIMSampler(10), train_images))
+        """
         self.objective.check_sampler(sampler)
-        z = self.first_stage.encode(images.to(self.device)).sample(generator)
-        network = self.guided_network(None if labels is None else labels.to(self.device), guidance)
-        denoiser = denoiser_from(network, self.objective.parameterization, self.objective.schedule)
-        return sampler.calibrated(
-            denoiser, self.objective.schedule, self.first_stage.normalizer.normalize(z), generator
-        )
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} calibration images")
+        steps, schedule = sampler.timesteps(self.objective.schedule).tolist(), self.objective.schedule
+        total, count = None, 0
+        for start in range(0, len(images), batch_size):  # each batch with its own labels
+            chunk = images[start : start + batch_size].to(self.device)
+            z = self.first_stage.normalizer.normalize(self.first_stage.encode(chunk).sample(generator))
+            y = None if labels is None else labels[start : start + batch_size].to(self.device)
+            denoiser = denoiser_from(self.guided_network(y, guidance), self.objective.parameterization, schedule)
+            errors = torch.tensor(
+                x0_errors(denoiser, schedule, z, steps, generator, len(z), sampler.per_dimension), dtype=torch.float64
+            )
+            total = errors * len(z) if total is None else total + errors * len(z)
+            count += len(z)
+        if total is None:
+            raise ValueError("calibration needs at least one image")
+        return AnalyticDDIMSampler(**{**sampler.config, "x0_error": (total / count).tolist()})
 
     @torch.no_grad()
     def sample_latents(

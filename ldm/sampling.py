@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
-from ldm.calibration import calibrate, fitted_prior
+from ldm.calibration import calibrate, fit_digest, fitted_prior
 from ldm.checkpoints import CheckpointError, checkpoint_kind, checkpoint_of, load_vae
 from ldm.data.source import ImageSource
 from ldm.errors import ConfigError
@@ -68,6 +68,7 @@ class Source:
     name: str
     ckpt: Path
     model: LatentDiffusionModule | None = None
+    fitted: str | None = None  # a digest of what was measured on data first (a fitted prior, a calibration)
 
     @property
     def num_classes(self) -> int | None:
@@ -101,7 +102,14 @@ def load_source(
             if data is None:
                 raise ConfigError("prior=fitted needs the training digits to fit to (data=, as in conf/sample.yaml)")
             gaussian = fitted_prior(vae, data, device)
-            return Source(lambda n, g, y, on_step: vae.decode(gaussian.sample(n, g)), "vae fitted gaussian", Path(ckpt))
+            digest = fit_digest(gaussian.mean, gaussian.scale_tril)
+            return Source(
+                lambda n, g, y, on_step: vae.decode(gaussian.sample(n, g)),
+                "vae fitted gaussian",
+                Path(ckpt),
+                None,
+                digest,
+            )
         if vae.deterministic:
             log.warning(
                 "%s is a plain autoencoder: N(0, I) is not its prior, so these samples say little; "
@@ -129,11 +137,13 @@ def load_source(
         sampler = calibrate(model, sampler, data, guidance, request.seed, device)
     model.sampler = sampler
     name = repr(model.sampler) + (f", guidance {guidance}" if guidance is not None else "")
+    fitted = fit_digest(torch.tensor(sampler.x0_error)) if getattr(sampler, "x0_error", None) is not None else None
     return Source(
         lambda n, g, y, on_step: model.sample(n, generator=g, labels=y, guidance=guidance, on_step=on_step),
         name,
         Path(ckpt),
         model,
+        fitted,
     )
 
 
@@ -163,6 +173,7 @@ def _manifest(
         "compile": request.compile,
         "guidance": request.guidance,
         "labels": labels,
+        "fitted": source.fitted,
     }
 
 

@@ -120,3 +120,24 @@ def test_sample_py_calibrates_on_training_digits_then_samples(tmp_path, mnist_di
     assert "calibrated" in json.loads((tmp_path / "a" / "sampling.json").read_text())["generator"]
     again = run(_sample_cfg([*overrides, f"out={tmp_path / 'b'}"], mnist_dir))  # seeded: the same samples
     assert np.array_equal(np.load(path)["images"], np.load(again)["images"])
+
+
+def test_a_conditional_pipeline_calibrates_in_batches_each_with_its_labels(tmp_path) -> None:
+    """Guided calibration on more images than one batch (the default 2000 > 1000 per batch)."""
+    from ldm.diffusion.guidance import ClassConditioning
+    from ldm.models.unet import UNet
+
+    from conftest import make_ldm, save_vae_checkpoint
+
+    unet = UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10)
+    model = make_ldm(save_vae_checkpoint(tmp_path / "vae.ckpt"), unet=unet, conditioning=ClassConditioning())
+    pipe = model.pipeline()
+    images, labels = torch.rand(25, 1, 28, 28), torch.arange(25) % 10
+    whole = pipe.calibrated(AnalyticDDIMSampler(3), images, labels, guidance=2.0, generator=_g(0), batch_size=25)
+    batched = pipe.calibrated(AnalyticDDIMSampler(3), images, labels, guidance=2.0, generator=_g(0), batch_size=10)
+    assert len(batched.x0_error) == 3 and all(v > 0 for v in batched.x0_error)
+    assert batched.x0_error == pytest.approx(whole.x0_error, rel=0.5)  # other noise draws, the same error scale
+    with pytest.raises(ValueError, match="24 labels for 25 calibration images"):
+        pipe.calibrated(AnalyticDDIMSampler(3), images, labels[:24])
+    drawn = pipe.sample(4, sampler=batched, labels=torch.tensor([1, 2, 3, 4]), guidance=2.0, seed=0)
+    assert drawn.shape == (4, 1, 28, 28) and torch.isfinite(drawn).all()

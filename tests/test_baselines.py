@@ -159,3 +159,23 @@ def test_an_autoencoder_sampled_from_n01_warns_and_its_fit_is_its_codes(tmp_path
     with caplog.at_level("WARNING", logger="ldm.sampling"):
         run(_sample_cfg([f"ckpt={ae}", "num_samples=2", f"out={tmp_path / 's'}"], mnist_dir))
     assert "is a plain autoencoder: N(0, I) is not its prior" in caplog.text
+
+
+def test_parts_of_an_interrupted_run_are_reused_only_with_the_same_fit(tmp_path: Path, mnist_dir: Path) -> None:
+    """Continuing with other fit data (data.subset) must start over, not mix two Gaussians in one file:
+    the parts' manifest carries a digest of the fit (Parts starts over on any manifest change)."""
+    from ldm.cli.sample import run
+    from ldm.sample_request import Request
+    from ldm.sampling import _manifest, load_source
+
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+    run(_sample_cfg([f"ckpt={vae}", "prior=fitted", "num_samples=2", f"out={tmp_path / 'warm'}"], mnist_dir))
+    import hydra
+
+    manifests = []
+    for subset in (100, 100, 50):
+        cfg = _sample_cfg([f"data.subset={subset}", "data.val_size=10"], mnist_dir)
+        request = Request(out=tmp_path / "o", prior="fitted", device="cpu")
+        source = load_source(vae, None, request, torch.device("cpu"), hydra.utils.instantiate(cfg.data))
+        manifests.append(_manifest(vae, source, request, torch.device("cpu"), 2, 2, None))
+    assert manifests[0] == manifests[1] and manifests[0]["fitted"] != manifests[2]["fitted"]

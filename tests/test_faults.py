@@ -167,6 +167,7 @@ def test_a_checkpoint_with_nan_weights_is_never_written() -> None:
         (["objective=flow", "objective.time_distribution=beta"], "time_distribution='beta' is not valid"),
         (["objective=flow", "sampler=ddim"], "DDIMSampler cannot sample a FlowMatching model"),
         (["sampler=heun"], "HeunSampler cannot sample a DiffusionObjective model"),
+        (["sampler=ddim_analytic"], "train with sampler=ddim, then sample or evaluate with sampler=ddim_analytic"),
     ],
 )
 def test_invalid_config_values_stop_before_any_work_with_one_line(

@@ -128,3 +128,21 @@ def test_the_cpu_estimate_waits_for_skip_plus_measure_steps_inside_a_long_epoch(
         estimate.on_train_epoch_end(trainer, module)  # already said: not again
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "the remaining 935 of 1000 steps" in lines[0], lines
+
+
+def test_a_run_over_before_it_was_measured_says_what_it_took(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from ldm.callbacks import CpuEstimate
+
+    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=5)  # debug=fast: one epoch of 5 steps
+    module = SimpleNamespace(device=torch.device("cpu"))
+    estimate = CpuEstimate()
+    with caplog.at_level("INFO", logger="ldm.callbacks"):
+        estimate.on_train_start(trainer, module)
+        for step in range(1, 6):
+            trainer.global_step = step
+            estimate.on_train_batch_end(trainer, module, None, None, step)
+        estimate.on_train_epoch_end(trainer, module)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert re.match(r"No GPU: [0-9.]+ training steps/s on the CPU over this run's 5 steps\. The CPU profile", line)

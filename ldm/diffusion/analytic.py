@@ -111,7 +111,7 @@ class AnalyticDDIMSampler(DDIMSampler):
         if self._v is None:
             raise RuntimeError(
                 "AnalyticDDIMSampler has no x0_error: calibrate it on training data first (sample.py and "
-                "evaluate.py do; from Python: sampler.calibrated(denoiser, schedule, latents))"
+                "evaluate.py do; from Python: pipe.sample(n, sampler=pipe.calibrated(sampler, train_images)))"
             )
         if s == CLEAN:
             return super().step(schedule, x_t, x0_hat, eps_hat, t, s, generator=generator)

@@ -94,6 +94,11 @@ class LatentDiffusionModule(L.LightningModule):
                 f"{unet.in_channels} channels: set model.unet.in_channels={first_stage.latent_shape[0]}"
             )
         objective.check_sampler(sampler)  # e.g. num_steps > T fails now, not after training
+        if DiffusionPipeline.needs_calibration(sampler):  # the training-time grids and val/fid could not draw
+            raise ValueError(
+                f"{type(sampler).__name__} measures the trained denoiser on data before it samples: train with "
+                "sampler=ddim, then sample or evaluate with sampler=ddim_analytic"
+            )
         wanted = conditioning.num_classes if conditioning else None
         if unet.num_classes != wanted:
             raise ValueError(
