@@ -10,15 +10,10 @@
 # LDM_DATA_DIR. SWEEP: more overrides for every job (e.g. data.images.val_size=64 on a small dataset);
 # EVAL_EXTRA: more evaluate.py overrides; GRID: another grid (e.g. GRID="schedule=linear,sigmoid seed=0,1"). Writes ROOT/logs/ldm/multiruns/<time>/{sweep.json, fid.png}.
 set -euo pipefail
+shopt -s inherit_errexit
 profile=${1:?usage: schedule_sweep.sh cpu|tiny ROOT [N]}
-root=${2:?usage: schedule_sweep.sh cpu|tiny ROOT [N]}
+root=$(realpath -m "${2:?usage: schedule_sweep.sh cpu|tiny ROOT [N]}")
 n=${3:-2000}
-here=$(cd "$(dirname "$0")/.." && pwd)
-cd "$here"
-latest() { python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$1"; }
-vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
-classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
-grid=(${GRID:-schedule=linear,scaled_linear,cosine,sigmoid,interpolation parameterization=eps,v seed=0,1})
 case $profile in
   cpu)  budget=(trainer=cpu model.unet.base_channels=32 data.batch_size=256 model.scheduler.warmup_steps=200
                 trainer.max_epochs=4) ;;
@@ -26,6 +21,17 @@ case $profile in
                 trainer.max_epochs=1 +trainer.limit_train_batches=2 model.scheduler.warmup_steps=1) ;;
   *) echo "unknown profile $profile (cpu | tiny)" >&2; exit 2 ;;
 esac
+[[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+latest() {  # the checkpoint a registry entry names, or a one-line error
+  [[ -s $1 ]] || { echo "no $1: train that stage first, or pass its checkpoint (see the header)" >&2; return 1; }
+  python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$1"
+}
+vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
+classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
+[[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
+grid=(${GRID:-schedule=linear,scaled_linear,cosine,sigmoid,interpolation parameterization=eps,v seed=0,1})
 before=$(ls -d "$root"/logs/ldm/multiruns/*/ 2>/dev/null | sort | tail -1 || true)
 cmd=(python train.py -m model=ldm "${grid[@]}" "${budget[@]}" "vae_ckpt=$vae" "paths.root_dir=$root"
      callbacks.sample_quality=null callbacks.images.every_n_epochs=4 test=false logger=csv ${SWEEP:-})

@@ -44,3 +44,34 @@ def test_the_sweep_trains_every_point_and_scores_each_job(tmp_path: Path, mnist_
         assert samples.shape == (24, 28, 28)
     assert (sweep / "fid.png").stat().st_size > 0
     assert "| linear | eps |" in done.stdout and "| sigmoid | v |" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "script, args, env, says",
+    [
+        ("schedule_sweep.sh", ["gpu", "ROOT"], {}, "unknown profile gpu (cpu | tiny)"),
+        ("schedule_sweep.sh", ["cpu", "ROOT", "many"], {}, "N=many must be a positive number of samples"),
+        ("schedule_sweep.sh", ["cpu", "ROOT"], {}, "logs/latest/vae.json: train that stage first"),
+        ("baselines.sh", ["ROOT", "0"], {}, "N=0 must be a positive number of samples"),
+        (
+            "baselines.sh",
+            ["ROOT"],
+            {"CLASSIFIER_CKPT": "/nonexistent.ckpt"},
+            "CLASSIFIER_CKPT=/nonexistent.ckpt does not",
+        ),
+        ("baselines.sh", ["ROOT"], {}, "logs/latest/classifier.json: train that stage first"),
+    ],
+)
+def test_the_report_scripts_refuse_bad_arguments_before_any_training(
+    tmp_path: Path, script: str, args: list[str], env: dict[str, str], says: str
+) -> None:
+    args = [str(tmp_path / "root") if a == "ROOT" else a for a in args]
+    done = subprocess.run(
+        ["bash", str(ROOT / "experiments" / script), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "root" / "logs").exists()
