@@ -53,6 +53,13 @@ def test_config_composes_and_builds(override: str, tmp_path: Path, mnist_dir: Pa
     base += ["objective=flow"] if override in FLOW_SAMPLERS else []
     cfg = compose_cfg(tmp_path, mnist_dir, [*base, override])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if override == "sampler=ddim_analytic":  # a sampling-time sampler: built, but refused for training
+        assert hydra.utils.instantiate(cfg.model.sampler).x0_error is None
+        with pytest.raises(
+            Exception, match="train with sampler=ddim, then sample or evaluate with sampler=ddim_analytic"
+        ):
+            hydra.utils.instantiate(cfg.model)
+        return
     model = hydra.utils.instantiate(cfg.model)
     hydra.utils.instantiate(cfg.data, **({"first_stage": model.first_stage} if "first_stage" in cfg.data else {}))
     for name, node in (cfg.get("logger") or {}).items():

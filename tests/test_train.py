@@ -374,7 +374,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         ("train.py", ["model=vae", "model.recon_loss=huber"], "model.recon_loss='huber'"),
         ("train.py", ["model=vae", "data.download=false"], "Put the four official files there"),
         # Errors Hydra meets before the task starts: a config name, a key typo, a run folder that cannot be made.
-        ("train.py", ["model=vea"], "Could not find 'model/vea' Available options in 'model': classifier ldm vae"),
+        ("train.py", ["model=vea"], "Could not find 'model/vea' Available options in 'model': ae classifier ldm vae"),
         ("train.py", ["model=vae", "trainer.max_epoch=1"], "To append to your config use +trainer.max_epoch=1"),
         ("train.py", ["model=vae", f"paths.log_dir={tmp_path / 'afile'}"], "Not a directory"),
         ("sample.py", [f"out={tmp_path / 'afile'}"], "Cannot create the output folder"),
