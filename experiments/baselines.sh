@@ -12,12 +12,18 @@
 # VAE_EXTRA / EVAL_EXTRA: more overrides for the trainings / evaluate.py (e.g. a small dataset's data.val_size).
 # Rows already scored (metrics.json present) are skipped: rerun to continue.
 set -euo pipefail
-root=${1:?usage: baselines.sh ROOT [N]}
+shopt -s inherit_errexit  # a failed training inside $(fit ...) stops the script
+root=$(realpath -m "${1:?usage: baselines.sh ROOT [N]}")
 n=${2:-10000}
+[[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-latest() { python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$1"; }
+latest() {  # the checkpoint a registry entry names, or a one-line error
+  [[ -s $1 ]] || { echo "no $1: train that stage first, or pass its checkpoint (see the header)" >&2; return 1; }
+  python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$1"
+}
 classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
+[[ -f $classifier ]] || { echo "CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
 out="$root/baselines"
 mkdir -p "$out"
 
@@ -28,7 +34,8 @@ fit() {  # name, overrides...: train one first stage under ROOT/<name> unless do
     echo "+ python train.py experiment=vae_cpu $* paths.root_dir=$root/$name" >&2
     python train.py experiment=vae_cpu "$@" "paths.root_dir=$root/$name" logger=csv ${VAE_EXTRA:-} >&2
     local stage=vae; [[ " $* " == *" model=ae "* ]] && stage=ae
-    latest "$root/$name/logs/latest/$stage.json" > "$out/$name.ckpt"
+    latest "$root/$name/logs/latest/$stage.json" > "$out/$name.ckpt.tmp"
+    mv "$out/$name.ckpt.tmp" "$out/$name.ckpt"
     echo $((SECONDS - start)) > "$out/$name.train_seconds"
   fi
   cat "$out/$name.ckpt"
@@ -40,7 +47,7 @@ score() {  # row, checkpoint, overrides...
   local cmd=(python evaluate.py "ckpt=$ckpt" "classifier_ckpt=$classifier" "num_samples=$n" "out=$out/$row"
              "paths.root_dir=$root" "$@" ${EVAL_EXTRA:-})
   echo "+ ${cmd[*]}"
-  "${cmd[@]}" > /dev/null
+  "${cmd[@]}" > "$out/$row.log" 2>&1 || { tail -n 3 "$out/$row.log" >&2; exit 1; }
 }
 
 vae=${VAE_CKPT:-$(fit vae_beta1e-3)}
