@@ -181,7 +181,7 @@ def _manifest(
 def draw(request: Request, ckpt: str | Path, sampler: Any = None, data: ImageSource | None = None) -> Path:
     """Sample `request` from `ckpt` (an LDM, with `sampler` or the one it was trained with, or a VAE)
     into `<out>/samples.npz`; returns its path. One process at a time per `out` folder. `data`: the
-    image source a VAE's prior=fitted is fitted to."""
+    training digits a VAE's prior=fitted is fitted to and a calibrated sampler measures on."""
     out = Path(request.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
