@@ -24,10 +24,7 @@ esac
 [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-latest() {  # the checkpoint a registry entry names, or a one-line error
-  [[ -s $1 ]] || { echo "no $1: train that stage first, or pass its checkpoint (see the header)" >&2; return 1; }
-  python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$1"
-}
+source experiments/lib.sh  # latest
 vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
 classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
 [[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }

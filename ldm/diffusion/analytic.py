@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ldm.diffusion.samplers import DDIMSampler, Denoiser, Spacing, _randn, transition_var
+from ldm.diffusion.samplers import DDIMSampler, Denoiser, Spacing, _randn
 from ldm.diffusion.schedules import CLEAN, NoiseSchedule
 
 
@@ -116,10 +116,8 @@ class AnalyticDDIMSampler(DDIMSampler):
         if s == CLEAN:
             return super().step(schedule, x_t, x0_hat, eps_hat, t, s, generator=generator)
         v_t = self._v[self.timesteps(schedule).tolist().index(t)].to(x_t.device, x_t.dtype)
-        alpha_t, sigma_t = schedule.at(t)
-        alpha_s, sigma_s = schedule.at(s)
-        c2 = self.eta**2 * transition_var(alpha_t, sigma_t, alpha_s, sigma_s) * sigma_s**2 / sigma_t**2
-        direction = (sigma_s**2 - c2).clamp(min=0).sqrt()
+        (alpha_t, sigma_t), (alpha_s, _) = schedule.at(t), schedule.at(s)
+        c2, direction = self.noise_and_direction(schedule, t, s)
         k = alpha_s - direction * alpha_t / sigma_t
         x_s = alpha_s * x0_hat + direction * eps_hat
         return x_s + (c2 + k**2 * v_t).sqrt() * _randn(x_t.shape, generator, x_t.device, x_t.dtype), None

@@ -182,13 +182,18 @@ class DDIMSampler(Sampler):
         state: Any = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Any]:
-        alpha_t, sigma_t = schedule.at(t)
-        alpha_s, sigma_s = schedule.at(s)
-        c2 = self.eta**2 * transition_var(alpha_t, sigma_t, alpha_s, sigma_s) * sigma_s**2 / sigma_t**2
-        x_s = alpha_s * x0_hat + (sigma_s**2 - c2).clamp(min=0).sqrt() * eps_hat
+        c2, direction = self.noise_and_direction(schedule, t, s)
+        x_s = schedule.at(s)[0] * x0_hat + direction * eps_hat
         if self.eta > 0 and s != CLEAN:  # c = 0 at CLEAN: draw no noise there
             x_s = x_s + c2.sqrt() * _randn(x_t.shape, generator, x_t.device, x_t.dtype)
         return x_s, None
+
+    def noise_and_direction(self, schedule: NoiseSchedule, t: int, s: int) -> tuple[Tensor, Tensor]:
+        """c^2 (eq. 16) and sqrt(sigma_s^2 - c^2), the weight of eps_hat in x_s."""
+        alpha_t, sigma_t = schedule.at(t)
+        alpha_s, sigma_s = schedule.at(s)
+        c2 = self.eta**2 * transition_var(alpha_t, sigma_t, alpha_s, sigma_s) * sigma_s**2 / sigma_t**2
+        return c2, (sigma_s**2 - c2).clamp(min=0).sqrt()
 
     @property
     def config(self) -> dict[str, Any]:
