@@ -1,7 +1,7 @@
 """What a generator measures on the training digits before it samples.
 
 - `fitted_prior`: a full-covariance Gaussian fitted to a VAE's (or plain autoencoder's) codes, the
-  generator of `sample.py prior=fitted` (`ldm.models.gaussian`).
+  generator of `sample.py prior=fitted` (`ldm.models.gaussian`), kept in the cache folder.
 - `calibrate`: an `AnalyticDDIMSampler`'s x0 error at each of its steps (`ldm.diffusion.analytic`),
   measured through the denoiser that will sample.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from ldm.data.source import ImageSource
 from ldm.errors import ConfigError
+from ldm.io import WriteError, load_checked, save_checked, update_hash
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.gaussian import FittedGaussian
 from ldm.systems.latent_diffusion import LatentDiffusionModule
@@ -25,8 +27,30 @@ from ldm.systems.latent_diffusion import LatentDiffusionModule
 log = logging.getLogger("ldm.sampling")  # one logger for everything sample.py reports
 
 
-def fitted_prior(vae: AutoencoderKL, data: ImageSource, device: torch.device, batch_size: int = 1000) -> FittedGaussian:
-    """A Gaussian fitted to the posterior means of every training digit of `data` (`ldm.models.gaussian`)."""
+def fitted_prior(
+    vae: AutoencoderKL,
+    data: ImageSource,
+    device: torch.device,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 1000,
+) -> FittedGaussian:
+    """A Gaussian fitted to the posterior means of every training digit of `data` (`ldm.models.gaussian`).
+
+    With `cache_dir`, the fit is kept there as `prior-<key>.pt`, keyed by the VAE's weights and the
+    data's fingerprint and checked by its sha256 on every load (a stale or damaged entry is refitted,
+    with a warning; a folder that cannot be written only warns)."""
+    key = update_hash(hashlib.sha256(b"ldm-fitted-prior-v1"), vae.state_dict())
+    key.update(data.fingerprint().encode())
+    path = Path(cache_dir) / f"prior-{key.hexdigest()[:20]}.pt" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            entry = load_checked(path, key.hexdigest(), ("shape", "mean", "scale_tril"))
+            gaussian = FittedGaussian(tuple(entry["shape"].tolist()))
+            gaussian.load_state_dict({"mean": entry["mean"], "scale_tril": entry["scale_tril"]})
+            log.info("prior=fitted: the Gaussian fitted to these codes before, from %s", path)
+            return gaussian.to(device)
+        except (ValueError, RuntimeError) as e:  # RuntimeError: shapes that do not fit together
+            log.warning("Refitting the prior: %s is not usable (%s)", path, e)
     images = data.split("train")
     log.info("prior=fitted: encoding the %d training digits to fit a Gaussian to their codes ...", len(images))
     start = time.perf_counter()
@@ -43,6 +67,12 @@ def fitted_prior(vae: AutoencoderKL, data: ImageSource, device: torch.device, ba
         len(images),
         time.perf_counter() - start,
     )
+    if path is not None:
+        tensors = {"shape": torch.tensor(gaussian.shape), **{k: v.cpu() for k, v in gaussian.state_dict().items()}}
+        try:
+            save_checked(path, key.hexdigest(), tensors)
+        except WriteError as e:
+            log.warning("Not caching the fitted prior (%s); going on without the cache", e)
     return gaussian
 
 

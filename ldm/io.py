@@ -110,6 +110,29 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
+def save_checked(path: str | Path, key: str, tensors: dict[str, torch.Tensor]) -> Path:
+    """A cache entry: `tensors` with the `key` they were computed for and their sha256, written
+    atomically (a `WriteError` if it cannot be). `load_checked` returns them only if all three agree."""
+    entry = {**tensors, "key": key, "sha256": update_hash(hashlib.sha256(), tensors).hexdigest()}
+    return atomic_write(path, lambda tmp: torch.save(entry, tmp))
+
+
+def load_checked(path: str | Path, key: str, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors `names` of a `save_checked` entry made for `key`; a ValueError saying what is wrong
+    if the file is unreadable, was made for other inputs, or its bytes changed (a bad sector, an edit)."""
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = {name: entry[name] for name in names}
+        key_, sha256 = entry["key"], entry["sha256"]
+    except Exception as e:  # truncated, foreign, another format: torch raises almost anything
+        raise ValueError(f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]) from None
+    if key_ != key:
+        raise ValueError("it was made for other inputs")
+    if sha256 != update_hash(hashlib.sha256(), tensors).hexdigest():
+        raise ValueError("its tensors do not match their checksum")
+    return tensors
+
+
 def update_hash(digest: hashlib._Hash, tensors: dict[str, torch.Tensor]) -> hashlib._Hash:
     """Feed named tensors (names, dtypes, shapes and bytes, in name order) into a hash; returns it.
 

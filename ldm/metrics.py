@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ldm.io import WriteError, atomic_write, update_hash
+from ldm.io import WriteError, load_checked, save_checked, update_hash
 from ldm.models.classifier import MNISTClassifier
 
 log = logging.getLogger(__name__)
@@ -97,24 +97,6 @@ def reference_features(images: Tensor, extractor: ClassifierFeatures, batch_size
     return extract(images, extractor, batch_size)[0]
 
 
-def _features_hash(features: Tensor) -> str:
-    return update_hash(hashlib.sha256(), {"features": features}).hexdigest()
-
-
-def _load_cached(path: Path, key: str) -> Tensor | None:
-    """The features stored in `path` for `key`, if the file is whole; None (and a warning) otherwise."""
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-        features = entry["features"]
-        if entry["key"] == key and entry["sha256"] == _features_hash(features):
-            return features
-        problem = "its features do not match their checksum" if entry["key"] == key else "it was made for other inputs"
-    except Exception as e:  # truncated, foreign, an older format without a checksum: torch raises almost anything
-        problem = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-    log.warning("Rebuilding the feature cache %s (%s)", path, problem)
-    return None
-
-
 def cached_reference_features(
     images: Tensor, extractor: ClassifierFeatures, cache_dir: str | Path, batch_size: int = 500
 ) -> Tensor:
@@ -128,13 +110,15 @@ def cached_reference_features(
     """
     key = update_hash(hashlib.sha256(), {**extractor.classifier.state_dict(), "<images>": images}).hexdigest()
     path = Path(cache_dir) / f"features-{key[:20]}.pt"
-    if path.is_file() and (features := _load_cached(path, key)) is not None:
-        return features
+    if path.is_file():
+        try:
+            return load_checked(path, key, ("features",))["features"]
+        except ValueError as e:
+            log.warning("Rebuilding the feature cache %s (%s)", path, e)
     log.info("Computing reference features of %d images into %s", len(images), path)
     features = reference_features(images, extractor, batch_size)
-    entry = {"key": key, "features": features, "sha256": _features_hash(features)}
     try:
-        atomic_write(path, lambda tmp: torch.save(entry, tmp))
+        save_checked(path, key, {"features": features})
     except WriteError as e:
         log.warning("Not caching the reference features (%s); going on without the cache", e)
     return features

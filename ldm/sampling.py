@@ -76,7 +76,12 @@ class Source:
 
 
 def load_source(
-    ckpt: Path, sampler: Any, request: Request, device: torch.device, data: ImageSource | None = None
+    ckpt: Path,
+    sampler: Any,
+    request: Request,
+    device: torch.device,
+    data: ImageSource | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Source:
     """What draws the samples: an LDM's EMA denoiser + its VAE decoder, or a VAE decoding N(0, I) (or,
     with prior=fitted, a Gaussian fitted to the codes of `data`'s training digits)."""
@@ -101,7 +106,7 @@ def load_source(
         if request.prior == "fitted":
             if data is None:
                 raise ConfigError("prior=fitted needs the training digits to fit to (data=, as in conf/sample.yaml)")
-            gaussian = fitted_prior(vae, data, device)
+            gaussian = fitted_prior(vae, data, device, cache_dir)
             digest = fit_digest(gaussian.mean, gaussian.scale_tril)
             return Source(
                 lambda n, g, y, on_step: vae.decode(gaussian.sample(n, g)),
@@ -178,10 +183,17 @@ def _manifest(
 
 
 @torch.no_grad()
-def draw(request: Request, ckpt: str | Path, sampler: Any = None, data: ImageSource | None = None) -> Path:
+def draw(
+    request: Request,
+    ckpt: str | Path,
+    sampler: Any = None,
+    data: ImageSource | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
     """Sample `request` from `ckpt` (an LDM, with `sampler` or the one it was trained with, or a VAE)
     into `<out>/samples.npz`; returns its path. One process at a time per `out` folder. `data`: the
-    training digits a VAE's prior=fitted is fitted to and a calibrated sampler measures on."""
+    training digits a VAE's prior=fitted is fitted to (and kept in `cache_dir`) and a calibrated
+    sampler measures on."""
     out = Path(request.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -194,14 +206,16 @@ def draw(request: Request, ckpt: str | Path, sampler: Any = None, data: ImageSou
     except OSError as e:
         raise ConfigError(f"out={out} cannot be used as a folder ({e.strerror or e}): choose another out=") from None
     try:
-        return _draw(request, ckpt, sampler, data)
+        return _draw(request, ckpt, sampler, data, cache_dir)
     finally:
         lock.release()
 
 
-def _draw(request: Request, ckpt: str | Path, sampler: Any, data: ImageSource | None) -> Path:
+def _draw(
+    request: Request, ckpt: str | Path, sampler: Any, data: ImageSource | None, cache_dir: str | Path | None
+) -> Path:
     device, out = pick_device(request.device), Path(request.out)
-    source = load_source(ckpt, sampler, request, device, data)
+    source = load_source(ckpt, sampler, request, device, data, cache_dir)
     ckpt = source.ckpt
     given = given_labels(request, source.num_classes)
     num_samples = len(given) if given is not None else request.num_samples  # one sample per prompt token

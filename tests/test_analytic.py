@@ -115,10 +115,10 @@ def test_sample_py_calibrates_on_training_digits_then_samples(tmp_path, mnist_di
     trainer.save_checkpoint(ldm)
     overrides = [f"ckpt={ldm}", "sampler=ddim_analytic", "steps=3", "num_samples=5", "sampler.calibration_samples=40"]
     with caplog.at_level("INFO", logger="ldm.sampling"):
-        path = run(_sample_cfg([*overrides, f"out={tmp_path / 'a'}"], mnist_dir))
+        path = run(_sample_cfg([*overrides, f"out={tmp_path / 'a'}"], mnist_dir, tmp_path))
     assert "AnalyticDDIMSampler calibrated on 40 training digits" in caplog.text
     assert "calibrated" in json.loads((tmp_path / "a" / "sampling.json").read_text())["generator"]
-    again = run(_sample_cfg([*overrides, f"out={tmp_path / 'b'}"], mnist_dir))  # seeded: the same samples
+    again = run(_sample_cfg([*overrides, f"out={tmp_path / 'b'}"], mnist_dir, tmp_path))  # seeded: the same samples
     assert np.array_equal(np.load(path)["images"], np.load(again)["images"])
 
 

@@ -67,7 +67,7 @@ def test_the_plain_autoencoder_trains_on_the_mean_and_has_no_kl(tmp_path: Path, 
         VAEModule(module.vae, beta=1e-3)
 
 
-def _sample_cfg(overrides: list[str], data_dir: Path):
+def _sample_cfg(overrides: list[str], data_dir: Path, root: Path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -76,7 +76,14 @@ def _sample_cfg(overrides: list[str], data_dir: Path):
     register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("sample", overrides=[f"paths.data_dir={data_dir}", "data.val_size=64", "device=cpu", *overrides])
+        overrides = [
+            f"paths.data_dir={data_dir}",
+            f"paths.root_dir={root}",
+            "data.val_size=64",
+            "device=cpu",
+            *overrides,
+        ]
+        return compose("sample", overrides=overrides)
 
 
 def test_sample_py_decodes_a_gaussian_fitted_to_the_training_codes(tmp_path: Path, mnist_dir: Path, caplog) -> None:
@@ -87,15 +94,17 @@ def test_sample_py_decodes_a_gaussian_fitted_to_the_training_codes(tmp_path: Pat
     vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
     out = tmp_path / "fitted"
     with caplog.at_level("INFO", logger="ldm.sampling"):
-        path = run(_sample_cfg([f"ckpt={vae}", "prior=fitted", "num_samples=6", f"out={out}"], mnist_dir))
+        path = run(_sample_cfg([f"ckpt={vae}", "prior=fitted", "num_samples=6", f"out={out}"], mnist_dir, tmp_path))
     assert "a Gaussian fitted to the codes of 256 training digits" in caplog.text  # 320 train - 64 held out
     images = np.load(path)["images"]
     assert images.shape == (6, 28, 28) and images.dtype == np.uint8
     assert json.loads((out / "sampling.json").read_text())["generator"] == "vae fitted gaussian"
-    standard = np.load(run(_sample_cfg([f"ckpt={vae}", "num_samples=6", f"out={tmp_path / 'std'}"], mnist_dir)))
+    standard = np.load(
+        run(_sample_cfg([f"ckpt={vae}", "num_samples=6", f"out={tmp_path / 'std'}"], mnist_dir, tmp_path))
+    )
     assert not np.array_equal(standard["images"], images)  # another generator, not N(0, I) renamed
     with pytest.raises(ConfigError, match="prior='gaussian' must be standard .* or fitted"):
-        run(_sample_cfg([f"ckpt={vae}", "prior=gaussian", f"out={tmp_path / 'x'}"], mnist_dir))
+        run(_sample_cfg([f"ckpt={vae}", "prior=gaussian", f"out={tmp_path / 'x'}"], mnist_dir, tmp_path))
     import lightning as L
 
     ldm = tmp_path / "ldm.ckpt"
@@ -103,7 +112,37 @@ def test_sample_py_decodes_a_gaussian_fitted_to_the_training_codes(tmp_path: Pat
     trainer.strategy.connect(make_ldm(vae))
     trainer.save_checkpoint(ldm)
     with pytest.raises(ConfigError, match="prior=fitted is for VAE checkpoints"):
-        run(_sample_cfg([f"ckpt={ldm}", "prior=fitted", f"out={tmp_path / 'y'}"], mnist_dir))
+        run(_sample_cfg([f"ckpt={ldm}", "prior=fitted", f"out={tmp_path / 'y'}"], mnist_dir, tmp_path))
+
+
+def test_the_fit_is_kept_in_the_cache_and_a_damaged_entry_is_refitted(tmp_path: Path, mnist_dir: Path, caplog) -> None:
+    """The second prior=fitted run reads the fit instead of encoding the training set again; an entry
+    with garbage bytes or with edited tensors is refitted (a warning), and the samples never change."""
+    from ldm.cli.sample import run
+
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+
+    def draw(name: str) -> np.ndarray:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ldm.sampling"):
+            out = tmp_path / name
+            return np.load(
+                run(_sample_cfg([f"ckpt={vae}", "prior=fitted", "num_samples=4", f"out={out}"], mnist_dir, tmp_path))
+            )["images"]
+
+    first = draw("a")
+    assert "encoding the 256 training digits" in caplog.text
+    (entry,) = (tmp_path / ".cache" / "ldm").glob("prior-*.pt")
+    assert np.array_equal(draw("b"), first) and "encoding" not in caplog.text and str(entry) in caplog.text
+
+    stored = torch.load(entry, weights_only=True)
+    stored["mean"] += 1.0  # an edited entry that still loads: its checksum no longer matches
+    torch.save(stored, entry)
+    assert np.array_equal(draw("c"), first) and "do not match their checksum" in caplog.text
+    assert "encoding the 256" in caplog.text
+    entry.write_bytes(np.random.default_rng(0).bytes(700))  # garbage bytes
+    assert np.array_equal(draw("d"), first) and "Refitting the prior" in caplog.text and "unreadable" in caplog.text
+    assert np.array_equal(draw("e"), first) and "encoding" not in caplog.text  # rewritten whole
 
 
 @pytest.mark.slow
@@ -157,7 +196,7 @@ def test_an_autoencoder_sampled_from_n01_warns_and_its_fit_is_its_codes(tmp_path
     trainer.save_checkpoint(ae)
     assert load_vae(ae).deterministic  # the checkpoint rebuilds a plain autoencoder (and a first stage that is one)
     with caplog.at_level("WARNING", logger="ldm.sampling"):
-        run(_sample_cfg([f"ckpt={ae}", "num_samples=2", f"out={tmp_path / 's'}"], mnist_dir))
+        run(_sample_cfg([f"ckpt={ae}", "num_samples=2", f"out={tmp_path / 's'}"], mnist_dir, tmp_path))
     assert "is a plain autoencoder: N(0, I) is not its prior" in caplog.text
 
 
@@ -169,12 +208,12 @@ def test_parts_of_an_interrupted_run_are_reused_only_with_the_same_fit(tmp_path:
     from ldm.sampling import _manifest, load_source
 
     vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
-    run(_sample_cfg([f"ckpt={vae}", "prior=fitted", "num_samples=2", f"out={tmp_path / 'warm'}"], mnist_dir))
+    run(_sample_cfg([f"ckpt={vae}", "prior=fitted", "num_samples=2", f"out={tmp_path / 'warm'}"], mnist_dir, tmp_path))
     import hydra
 
     manifests = []
     for subset in (100, 100, 50):
-        cfg = _sample_cfg([f"data.subset={subset}", "data.val_size=10"], mnist_dir)
+        cfg = _sample_cfg([f"data.subset={subset}", "data.val_size=10"], mnist_dir, tmp_path)
         request = Request(out=tmp_path / "o", prior="fitted", device="cpu")
         source = load_source(vae, None, request, torch.device("cpu"), hydra.utils.instantiate(cfg.data))
         manifests.append(_manifest(vae, source, request, torch.device("cpu"), 2, 2, None))

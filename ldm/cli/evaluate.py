@@ -48,7 +48,6 @@ KEYS = {
     "k": int,
     "floor": bool,
     "json": str | None,
-    "cache_dir": str,
 }
 
 

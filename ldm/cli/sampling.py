@@ -35,4 +35,5 @@ def draw_from_config(cfg: DictConfig, values: dict[str, Any] | None = None) -> P
         check_config(node, "sampler")
     request = Request.from_values(values)
     data = hydra.utils.instantiate(cfg.data) if "data" in cfg else None  # prior=fitted and calibrated samplers
-    return draw(request, ckpt, None if node is None else hydra.utils.instantiate(node), data)
+    sampler = None if node is None else hydra.utils.instantiate(node)
+    return draw(request, ckpt, sampler, data, values["cache_dir"])
