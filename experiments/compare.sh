@@ -5,12 +5,14 @@
 # Uses the latest VAE, LDM and classifier runs (logs/latest/*.json); override with
 #   VAE_CKPT=... LDM_CKPT=... EXTRA="paths.log_dir=..."
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) stops the script
 out=${1:?usage: compare.sh OUT_DIR [N] [N_DDPM]}
 n=${2:-10000}
 n_ddpm=${3:-$n}
-registry=$(python -c "import sys; print(sys.argv[1])" "${REGISTRY:-logs/latest}")
-vae=${VAE_CKPT:-$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$registry/vae.json")}
-ldm=${LDM_CKPT:-$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$registry/ldm.json")}
+source "$(dirname "$0")/lib.sh"  # latest
+registry=${REGISTRY:-logs/latest}
+vae=${VAE_CKPT:-$(latest "$registry/vae.json")}
+ldm=${LDM_CKPT:-$(latest "$registry/ldm.json")}
 extra=${EXTRA:-}
 
 row() {  # name, ckpt, num_samples, sampler overrides...

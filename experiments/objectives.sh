@@ -13,14 +13,17 @@
 # MNIST from LDM_DATA_DIR. Rows already scored (metrics.json present) are skipped: rerun to continue.
 # ROWS="latent_ddpm latent_flow" (any of latent_ddpm latent_flow pixel_ddpm pixel_flow) runs a subset, in that order.
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) stops the script
 profile=${1:?usage: objectives.sh cpu|gpu|tiny ROOT [N]}
-root=${2:?usage: objectives.sh cpu|gpu|tiny ROOT [N]}
+root=$(realpath -m "${2:?usage: objectives.sh cpu|gpu|tiny ROOT [N]}")
 n=${3:-10000}
+[[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-registry="$root/logs/latest"
-vae=${VAE_CKPT:-$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$registry/vae.json")}
-classifier=${CLASSIFIER_CKPT:-$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" "$registry/classifier.json")}
+source experiments/lib.sh  # latest
+vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
+classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
+[[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
 
 case $profile in
   cpu)  train=(trainer=cpu trainer.max_epochs="${EPOCHS:-20}" model.unet.base_channels=32 data.batch_size=256

@@ -60,12 +60,22 @@ def test_the_sweep_trains_every_point_and_scores_each_job(tmp_path: Path, mnist_
             "CLASSIFIER_CKPT=/nonexistent.ckpt does not",
         ),
         ("baselines.sh", ["ROOT"], {}, "logs/latest/classifier.json: train that stage first"),
+        ("objectives.sh", ["tiny", "ROOT", "-3"], {}, "N=-3 must be a positive number of samples"),
+        ("objectives.sh", ["tiny", "ROOT"], {}, "logs/latest/vae.json: train that stage first"),
+        (
+            "objectives.sh",
+            ["cpu", "ROOT"],
+            {"VAE_CKPT": "/nonexistent.ckpt", "CLASSIFIER_CKPT": "/nonexistent.ckpt"},
+            "VAE_CKPT=/nonexistent.ckpt or CLASSIFIER_CKPT=/nonexistent.ckpt does not exist",
+        ),
+        ("compare.sh", ["ROOT"], {"REGISTRY": "ROOT/logs/latest"}, "logs/latest/vae.json: train that stage first"),
     ],
 )
 def test_the_report_scripts_refuse_bad_arguments_before_any_training(
     tmp_path: Path, script: str, args: list[str], env: dict[str, str], says: str
 ) -> None:
     args = [str(tmp_path / "root") if a == "ROOT" else a for a in args]
+    env = {k: v.replace("ROOT", str(tmp_path / "root")) for k, v in env.items()}
     done = subprocess.run(
         ["bash", str(ROOT / "experiments" / script), *args],
         env={**os.environ, **env},
