@@ -75,6 +75,23 @@ def test_evaluate_samples_a_checkpoint_first(tmp_path: Path, mnist_dir: Path) ->
     assert set(result["metrics"]) == KEYS and "floor" not in result
 
 
+@pytest.mark.parametrize(
+    "overrides, named",
+    [(["prior=fitted"], "prior="), (["sampler=ddpm", "steps=10"], "steps=, sampler="), (["guidance=2"], "guidance=")],
+)
+def test_sampling_options_with_saved_samples_are_refused_not_ignored(
+    tmp_path: Path, mnist_dir: Path, overrides: list[str], named: str
+) -> None:
+    from ldm.cli.evaluate import evaluate
+
+    images, _ = fake_digits(8, seed=3)
+    np.savez(tmp_path / "samples.npz", images=images)
+    cfg = _compose([f"samples={tmp_path / 'samples.npz'}", *overrides, *_base(tmp_path, mnist_dir)])
+    with pytest.raises(ConfigError, match=f"so {named} would be ignored: drop them, or leave samples= unset"):
+        evaluate(cfg)
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_bad_samples_file_is_a_clear_error(tmp_path: Path, mnist_dir: Path) -> None:
     from ldm.cli.evaluate import evaluate
 
