@@ -22,6 +22,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -151,6 +152,14 @@ def _startup_error(error: BaseException) -> UserError | None:
         skip = ("full_key:", "object_type=", "Set the environment variable HYDRA_FULL_ERROR")
         return ConfigError(
             " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(skip))
+        )
+    if isinstance(error, ValueError) and "Config group override must be a string" in str(error):
+        nulls = [a for a in sys.argv[1:] if re.fullmatch(r"\+{0,2}[\w/.@-]+=null", a)]
+        given = nulls[0] if nulls else "GROUP=null"
+        group = given.split("=")[0].lstrip("+")
+        return ConfigError(
+            f"{given}: a config group takes one of its option names, not null: choose one (python "
+            f"{Path(sys.argv[0]).name} --help lists them), or drop the group with ~{group}"
         )
     if isinstance(error, OSError):
         where = f"{error.filename}: " if error.filename else ""
