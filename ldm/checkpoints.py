@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ldm.errors import UserError, one_line
-from ldm.io import atomic_write_json
+from ldm.io import atomic_write_json, safe_load
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.classifier import MNISTClassifier
 from ldm.serialize import SpecError, build
@@ -64,7 +64,7 @@ def load_checkpoint(path: str | Path, kind: str | None) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = safe_load(path)
     except pickle.UnpicklingError as e:
         # An object to import ("Unsupported global: GLOBAL os.system"): unsafe. Anything else that
         # fails to unpickle (random bytes, text) is simply not a checkpoint.

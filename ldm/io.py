@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,15 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
+def safe_load(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain values only, nothing that
+    could run code. A plain pickle is refused by the caller's error, without torch's warning about
+    its pickle protocol printed first."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def save_checked(path: str | Path, key: str, tensors: dict[str, torch.Tensor]) -> Path:
     """A cache entry: `tensors` with the `key` they were computed for and their sha256, written
     atomically (a `WriteError` if it cannot be). `load_checked` returns them only if all three agree."""
@@ -121,7 +131,7 @@ def load_checked(path: str | Path, key: str, names: tuple[str, ...]) -> dict[str
     """The tensors `names` of a `save_checked` entry made for `key`; a ValueError saying what is wrong
     if the file is unreadable, was made for other inputs, or its bytes changed (a bad sector, an edit)."""
     try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
+        entry = safe_load(path)
         tensors = {name: entry[name] for name in names}
         key_, sha256 = entry["key"], entry["sha256"]
     except Exception as e:  # truncated, foreign, another format: torch raises almost anything

@@ -7,6 +7,8 @@ cache builds and missing data in the stage tests.)"""
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import hydra
@@ -196,10 +198,13 @@ def test_resume_targets_that_cannot_work_are_clear(tmp_path: Path) -> None:
         ("empty", b"", "is empty (0 bytes)"),
         ("random", os.urandom(5000), "truncated or not a checkpoint"),
         ("zip", truncated.read_bytes(), "a damaged archive of 500 bytes"),
+        ("pickle", pickle.dumps({"epoch": 1}, protocol=4), "not a PyTorch checkpoint file"),  # torch warns on these
     ):
         (tmp_path / f"{name}.ckpt").write_bytes(garbage)
-        with pytest.raises(CheckpointError) as raised:
+        with pytest.raises(CheckpointError) as raised, warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
             resolve_resume(str(tmp_path / f"{name}.ckpt"), tmp_path / "logs", "ldm")
+        assert not shown, [str(w.message) for w in shown]  # nothing before the one line ("Detected pickle protocol")
         message = str(raised.value)  # the user's terms, not the unpickler's ("Unsupported operand 49")
         assert says in message and "\n" not in message and "operand" not in message.lower(), message
     weights_only = tmp_path / "weights.ckpt"

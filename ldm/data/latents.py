@@ -35,7 +35,7 @@ from ldm.data.loader import ResumableTrainLoader, TensorLoader, loader_for
 from ldm.data.source import SPLITS, ImageSource
 from ldm.data.tensors import Batch, TensorBatchDataset
 from ldm.errors import UserError
-from ldm.io import atomic_write, update_hash
+from ldm.io import atomic_write, safe_load, update_hash
 from ldm.models.first_stage import FirstStage, weights
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def payload_sha256(splits: dict[str, Batch]) -> str:
 def read_cache(path: Path, key: str) -> dict:
     """Load and validate a cache file; raises CacheError if it must be rebuilt."""
     try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
+        cache = safe_load(path)
     except Exception as e:  # zeroed, truncated or foreign bytes: torch raises almost anything
         raise CacheError(f"{path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     if not isinstance(cache, dict) or cache.get("key") != key or cache.get("version") != CACHE_VERSION:
