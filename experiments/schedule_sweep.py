@@ -5,11 +5,13 @@
         parameterization=eps,v seed=0,1 ...                       # experiments/schedule_sweep.sh
     python experiments/schedule_sweep.py logs/ldm/multiruns/<time> [more sweeps] --classifier C.ckpt --num 2000
 
-Each job folder (0, 1, ...) is scored at its last step (equal steps for every job) with
+Each finished job folder (0, 1, ...) is scored at its last step (equal steps for every job) with
 `evaluate.py ckpt=<job>/checkpoints/last.ckpt num_samples=N` into
 <job>/eval_<N>/ (metrics.json, samples.npz, grid.png; skipped when already there), grouped by the
 job's `schedule`, `parameterization` and `seed` overrides (over all the sweeps given: e.g. one per
-seed). Writes sweep.json, fid.png (FID per
+seed). A job that stopped early (its last.ckpt short of the most steps any job reached) or never
+saved one is left out with a line saying so: rerun its configuration as another sweep
+(GRID=... in schedule_sweep.sh) and pass both folders. Writes sweep.json, fid.png (FID per
 schedule, one colour per parameterization, one dot per seed, a bar at the mean) and prints a
 Markdown table with the seed spread.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldm.io import atomic_write, atomic_write_json  # noqa: E402
+from ldm.io import atomic_write, atomic_write_json, safe_load  # noqa: E402
 
 KEYS = ("schedule", "parameterization", "seed")
 SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid", "interpolation")  # plotting order
@@ -53,24 +55,41 @@ def score(job: Path, classifier: str, num: int, extra: list[str]) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def trained_steps(job: Path) -> int | None:
+    """The optimizer steps of the job's last.ckpt; None if it has none (it never finished an epoch)."""
+    last = job / "checkpoints" / "last.ckpt"
+    try:
+        return int(safe_load(last)["global_step"])
+    except Exception:  # missing, or unreadable (a job killed while saving): not finished either way
+        return None
+
+
 def collect(sweeps: list[Path], classifier: str, num: int, extra: list[str]) -> list[dict]:
-    rows = []
+    """Score every finished job of `sweeps`: equal steps, so a job short of the most steps is left out."""
+    jobs = []
     for sweep in sweeps:
-        rows += _collect(sweep, classifier, num, extra)
-    return rows
-
-
-def _collect(sweep: Path, classifier: str, num: int, extra: list[str]) -> list[dict]:
-    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    if not jobs:
-        raise SystemExit(f"{sweep}: no job folders (0, 1, ...): pass the folder of a train.py -m sweep")
+        found = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        if not found:
+            raise SystemExit(f"{sweep}: no job folders (0, 1, ...): pass the folder of a train.py -m sweep")
+        jobs += [(sweep, job, trained_steps(job)) for job in found]
+    steps = max((n for *_, n in jobs if n is not None), default=None)
+    if steps is None:
+        raise SystemExit(
+            f"no job of {' '.join(map(str, sweeps))} has a checkpoints/last.ckpt yet: let them train first"
+        )
     rows = []
-    for job in jobs:
+    for sweep, job, n in jobs:
         given = overrides(job)
+        if n != steps:
+            grid = " ".join(f"{k}={given[k]}" for k in KEYS if k in given)
+            why = f"stopped at step {n} of {steps}" if n is not None else "has no readable checkpoints/last.ckpt"
+            print(f"left out: {job} {why}; rerun it ({grid}) as another sweep", flush=True)
+            continue
         result = score(job, classifier, num, extra)
         rows.append(
             {
                 "job": str(job.relative_to(sweep.parent)),
+                "steps": n,
                 **{key: given.get(key, "default") for key in KEYS},
                 "metrics": result["metrics"],
                 "floor_fid": result.get("floor", {}).get("fid"),

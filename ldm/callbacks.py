@@ -27,6 +27,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.utils import make_grid, save_image
 
 from ldm.data.source import ImageSource
+from ldm.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class ImageLogger(L.Callback):
         for name, images in grids.items():
             images, nrow = images if isinstance(images, tuple) else (images, math.ceil(math.sqrt(len(images))))
             drawn[name] = grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
-            save_image(grid, save_dir / f"{name}_epoch{trainer.current_epoch:03d}.png")
+            png = save_dir / f"{name}_epoch{trainer.current_epoch:03d}.png"
+            atomic_write(png, lambda tmp, grid=grid: save_image(grid, tmp, format="PNG"))  # a full disk: one line
             for logger in trainer.loggers:
                 _log_grid(logger, f"images/{name}", grid, trainer.global_step)
         for logger in trainer.loggers:  # W&B: one table row per validation, every figure side by side

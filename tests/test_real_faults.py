@@ -25,6 +25,7 @@ from ldm.data.mnist import MNISTDataModule
 from ldm.io import WriteError
 
 from conftest import ROOT, compose_cfg, save_vae_checkpoint
+from mounts import remount, tmpfs
 
 VAE_TINY = [
     "model=vae",
@@ -152,6 +153,30 @@ def test_full_disk_while_writing_the_cache_keeps_the_old_cache(tmp_path: Path, m
     assert "\n" not in message
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [old.name]
     assert old.read_bytes() == old_bytes
+
+
+def test_full_disk_when_the_image_grid_is_written_is_one_line_and_leaves_no_partial_png(
+    tmp_path: Path, mnist_dir: Path, small_fs
+) -> None:
+    """The grids of the first validation are the first write after the disk fills (no step checkpoints)."""
+    disk = small_fs("4m")
+    cfg = compose_cfg(
+        tmp_path,
+        mnist_dir,
+        [
+            *[o for o in VAE_TINY if o != "callbacks.images=null"],
+            "callbacks.images.every_n_epochs=1",
+            "+callbacks.fill._target_=faults.FillDiskAt",
+            "+callbacks.fill.step=2",
+            f"+callbacks.fill.folder={disk}",
+        ],
+    )
+    cfg.paths.output_dir = str(disk / "run")
+    with pytest.raises(WriteError) as raised:
+        train(cfg)
+    message = str(user_error(raised.value))
+    assert "is full" in message and ".png" in message and "\n" not in message, message
+    assert not list(disk.rglob("*.tmp")) and not list(disk.rglob("*.png"))
 
 
 def test_full_disk_during_training_is_one_line_and_loses_only_the_steps_since_the_checkpoint(
@@ -416,3 +441,20 @@ def test_an_unwritable_path_is_not_called_a_full_disk(tmp_path: Path) -> None:
     with pytest.raises(WriteError) as raised:
         atomic_write(Path("/proc/ldm-test/metrics.json"), lambda tmp: tmp.write_text("{}"))
     assert "full" not in str(raised.value) and "/proc/ldm-test/metrics.json" in str(raised.value)
+
+
+def test_an_existing_read_only_output_folder_is_one_line(tmp_path: Path, mnist_dir: Path) -> None:
+    """out= naming a real read-only folder: Hydra fails to open its log file there; one line says so."""
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+    with tmpfs(tmp_path / "ro", "1m") as folder:
+        remount(folder, "ro")
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "sample.py"), f"ckpt={vae}", "num_samples=2", f"out={folder}", "device=cpu"],
+            env=_env(mnist_dir),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert "Cannot create or write the output folder" in output and "Read-only file system" in output, output

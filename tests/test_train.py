@@ -377,7 +377,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         ("train.py", ["model=vea"], "Could not find 'model/vea' Available options in 'model': ae classifier ldm vae"),
         ("train.py", ["model=vae", "trainer.max_epoch=1"], "To append to your config use +trainer.max_epoch=1"),
         ("train.py", ["model=vae", f"paths.log_dir={tmp_path / 'afile'}"], "Not a directory"),
-        ("sample.py", [f"out={tmp_path / 'afile'}"], "Cannot create the output folder"),
+        ("sample.py", [f"out={tmp_path / 'afile'}"], "Cannot create or write the output folder"),
         ("train.py", ["data=null"], "data=null: a config group takes one of its option names, not null"),
         ("train.py", ["model=vae", "model.beta=nan"], "model.beta=nan"),
     ):

@@ -156,16 +156,17 @@ def _startup_error(error: BaseException) -> UserError | None:
     if isinstance(error, ValueError) and "Config group override must be a string" in str(error):
         nulls = [a for a in sys.argv[1:] if re.fullmatch(r"\+{0,2}[\w/.@-]+=null", a)]
         given = nulls[0] if nulls else "GROUP=null"
-        group = given.split("=")[0].lstrip("+")
         return ConfigError(
-            f"{given}: a config group takes one of its option names, not null: choose one (python "
-            f"{Path(sys.argv[0]).name} --help lists them), or drop the group with ~{group}"
+            f"{given}: a config group takes one of its option names, not null: leave it out for its default, "
+            f"or choose one (python {Path(sys.argv[0]).name} --help lists the groups and options)"
         )
+    if isinstance(error, ValueError) and "Unable to configure handler" in str(error):  # Hydra's run log file
+        error = next((c for c in _chain(error) if isinstance(c, OSError)), error)
     if isinstance(error, OSError):
         where = f"{error.filename}: " if error.filename else ""
         return ConfigError(
-            f"Cannot create the output folder ({where}{error.strerror or error}): point out= / "
-            "hydra.run.dir / paths.log_dir at a folder that can be created"
+            f"Cannot create or write the output folder ({where}{error.strerror or error}): point out= / "
+            "hydra.run.dir / paths.log_dir at a writable folder"
         )
     return None
 
