@@ -18,12 +18,20 @@ profile=${1:?usage: objectives.sh cpu|gpu|tiny ROOT [N]}
 root=$(realpath -m "${2:?usage: objectives.sh cpu|gpu|tiny ROOT [N]}")
 n=${3:-10000}
 [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
+[[ $profile =~ ^(cpu|gpu|tiny)$ ]] || { echo "unknown profile $profile (cpu | gpu | tiny)" >&2; exit 2; }
+for row in ${ROWS:-}; do
+  [[ $row =~ ^(latent_ddpm|latent_flow|pixel_ddpm|pixel_flow)$ ]] || {
+    echo "ROWS: unknown row $row (latent_ddpm latent_flow pixel_ddpm pixel_flow)" >&2; exit 2; }
+done
 here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/experiments/lib.sh"  # latest, absolute_env, need_checkpoint
+absolute_env VAE_CKPT CLASSIFIER_CKPT LDM_DATA_DIR
 cd "$here"
-source experiments/lib.sh  # latest
 vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
 classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
 [[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
+need_checkpoint "$vae" vae VAE_CKPT
+need_checkpoint "$classifier" classifier CLASSIFIER_CKPT
 
 case $profile in
   cpu)  train=(trainer=cpu trainer.max_epochs="${EPOCHS:-20}" model.unet.base_channels=32 data.batch_size=256

@@ -51,7 +51,11 @@ def score(job: Path, classifier: str, num: int, extra: list[str]) -> dict:
         command = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={job / 'checkpoints' / 'last.ckpt'}", f"classifier_ckpt={classifier}",
                    f"num_samples={num}", f"out={out}", *extra]  # fmt: skip
         print("+", " ".join(command), flush=True)
-        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:  # evaluate.py says why in its last line (an ERROR line for a user error)
+            lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+            why = next((line for line in reversed(lines) if "ERROR" in line), lines[-1] if lines else "no output")
+            raise SystemExit(f"evaluate.py failed for {job} (exit {done.returncode}): {why}")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -169,6 +173,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, help="where sweep.json and fid.png go (default: the last sweep folder)")
     parser.add_argument("--extra", nargs="*", default=[], help="more evaluate.py overrides (e.g. device=cpu)")
     args = parser.parse_args(argv)
+    if args.num < 1:
+        parser.error(f"--num {args.num}: give a positive number of samples")
+    args.sweeps = [sweep.resolve() for sweep in args.sweeps]  # evaluate.py runs from the repository
+    for sweep in args.sweeps:
+        if not sweep.is_dir():
+            parser.error(f"{sweep} is not a folder: pass multirun folders (logs/ldm/multiruns/<time>)")
+    args.out = args.out.resolve() if args.out else None
     rows = collect(args.sweeps, args.classifier, args.num, args.extra)
     out = args.out or args.sweeps[-1]
     atomic_write_json(out / "sweep.json", rows)

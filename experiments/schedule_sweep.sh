@@ -8,7 +8,8 @@
 #
 # Needs a VAE and a classifier: VAE_CKPT / CLASSIFIER_CKPT, else the latest runs under ROOT. MNIST from
 # LDM_DATA_DIR. SWEEP: more overrides for every job (e.g. data.images.val_size=64 on a small dataset);
-# EVAL_EXTRA: more evaluate.py overrides; GRID: another grid (e.g. GRID="schedule=linear,sigmoid seed=0,1"). Writes ROOT/logs/ldm/multiruns/<time>/{sweep.json, fid.png}.
+# EVAL_EXTRA: more evaluate.py overrides (data overrides in SWEEP, e.g. a val_size, must be repeated here
+# as data.val_size=...); GRID: another grid (e.g. GRID="schedule=linear,sigmoid seed=0,1"). Writes ROOT/logs/ldm/multiruns/<time>/{sweep.json, fid.png}.
 set -euo pipefail
 shopt -s inherit_errexit
 profile=${1:?usage: schedule_sweep.sh cpu|tiny ROOT [N]}
@@ -23,11 +24,14 @@ case $profile in
 esac
 [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/experiments/lib.sh"  # latest, absolute_env, need_checkpoint
+absolute_env VAE_CKPT CLASSIFIER_CKPT LDM_DATA_DIR
 cd "$here"
-source experiments/lib.sh  # latest
 vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
 classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
 [[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
+need_checkpoint "$vae" vae VAE_CKPT
+need_checkpoint "$classifier" classifier CLASSIFIER_CKPT
 grid=(${GRID:-schedule=linear,scaled_linear,cosine,sigmoid,interpolation parameterization=eps,v seed=0,1})
 before=$(ls -d "$root"/logs/ldm/multiruns/*/ 2>/dev/null | sort | tail -1 || true)
 cmd=(python train.py -m model=ldm "${grid[@]}" "${budget[@]}" "vae_ckpt=$vae" "paths.root_dir=$root"

@@ -41,15 +41,18 @@ def fitted_prior(
     with a warning; a folder that cannot be written only warns)."""
     key = update_hash(hashlib.sha256(b"ldm-fitted-prior-v1"), vae.state_dict())
     key.update(data.fingerprint().encode())
-    path = Path(cache_dir) / f"prior-{key.hexdigest()[:20]}.pt" if cache_dir is not None else None
+    path = Path(cache_dir) / f"prior-{key.hexdigest()[:20]}.pt" if cache_dir else None  # None / "": no cache
     if path is not None and path.is_file():
         try:
             entry = load_checked(path, key.hexdigest(), ("shape", "mean", "scale_tril"))
-            gaussian = FittedGaussian(tuple(entry["shape"].tolist()))
+            shape = tuple(int(d) for d in entry["shape"].tolist())
+            if shape != tuple(vae.latent_shape) or not all(torch.isfinite(t).all() for t in entry.values()):
+                raise ValueError(f"it holds a fit of shape {shape} or non-finite values, not this VAE's")
+            gaussian = FittedGaussian(shape)
             gaussian.load_state_dict({"mean": entry["mean"], "scale_tril": entry["scale_tril"]})
             log.info("prior=fitted: the Gaussian fitted to these codes before, from %s", path)
             return gaussian.to(device)
-        except (ValueError, RuntimeError) as e:  # RuntimeError: shapes that do not fit together
+        except (ValueError, RuntimeError, TypeError) as e:  # RuntimeError: tensors that do not fit together
             log.warning("Refitting the prior: %s is not usable (%s)", path, e)
     images = data.split("train")
     log.info("prior=fitted: encoding the %d training digits to fit a Gaussian to their codes ...", len(images))

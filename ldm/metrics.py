@@ -98,7 +98,7 @@ def reference_features(images: Tensor, extractor: ClassifierFeatures, batch_size
 
 
 def cached_reference_features(
-    images: Tensor, extractor: ClassifierFeatures, cache_dir: str | Path, batch_size: int = 500
+    images: Tensor, extractor: ClassifierFeatures, cache_dir: str | Path | None, batch_size: int = 500
 ) -> Tensor:
     """`reference_features`, computed once per (classifier weights, images) and kept in `cache_dir`.
 
@@ -106,8 +106,10 @@ def cached_reference_features(
     a new entry instead of silently reusing stale features. The entry also holds a sha256 of the
     features, checked on every load: a corrupted file is rebuilt (with a warning), never used. A
     read-only cache folder is fine: a valid entry is read, and a missing one that cannot be written
-    is only a warning (the features are computed for this run).
+    is only a warning (the features are computed for this run). `cache_dir=None`: no cache.
     """
+    if not cache_dir:  # None or ""
+        return reference_features(images, extractor, batch_size)
     key = update_hash(hashlib.sha256(), {**extractor.classifier.state_dict(), "<images>": images}).hexdigest()
     path = Path(cache_dir) / f"features-{key[:20]}.pt"
     if path.is_file():

@@ -103,7 +103,7 @@ def _is_int(value: Any) -> bool:
 
 def config_hints() -> dict[str, Any]:
     """Type hints of conf/sample.yaml's keys (the sampler group is checked against its class)."""
-    return {**get_type_hints(Request), "ckpt": str | None, "registry_dir": str, "cache_dir": str}
+    return {**get_type_hints(Request), "ckpt": str | None, "registry_dir": str, "cache_dir": str | None}
 
 
 def given_labels(request: Request, num_classes: int | None) -> list[int] | None:

@@ -140,9 +140,23 @@ def test_the_fit_is_kept_in_the_cache_and_a_damaged_entry_is_refitted(tmp_path: 
     torch.save(stored, entry)
     assert np.array_equal(draw("c"), first) and "do not match their checksum" in caplog.text
     assert "encoding the 256" in caplog.text
+    from ldm.io import save_checked
+
+    forged = {k: v for k, v in torch.load(entry, weights_only=True).items() if k not in ("key", "sha256")}
+    save_checked(entry, stored["key"], {**forged, "shape": torch.tensor([2, 98])})  # a valid checksum, wrong shape
+    assert np.array_equal(draw("forged"), first) and "not this VAE's" in caplog.text
     entry.write_bytes(np.random.default_rng(0).bytes(700))  # garbage bytes
     assert np.array_equal(draw("d"), first) and "Refitting the prior" in caplog.text and "unreadable" in caplog.text
     assert np.array_equal(draw("e"), first) and "encoding" not in caplog.text  # rewritten whole
+    entry.unlink()
+    with caplog.at_level("INFO", logger="ldm.sampling"):
+        out = tmp_path / "nocache"
+        run(
+            _sample_cfg(
+                [f"ckpt={vae}", "prior=fitted", "num_samples=4", f"out={out}", "cache_dir=null"], mnist_dir, tmp_path
+            )
+        )
+    assert not entry.exists()  # cache_dir=null: no cache
 
 
 @pytest.mark.slow

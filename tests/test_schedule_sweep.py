@@ -85,3 +85,29 @@ def test_the_report_scripts_refuse_bad_arguments_before_any_training(
     )
     assert done.returncode != 0 and says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "root" / "logs").exists()
+
+
+@pytest.mark.parametrize("script", ["schedule_sweep.sh", "objectives.sh", "baselines.sh", "compare.sh"])
+def test_checkpoints_given_relative_to_the_caller_are_found_and_their_kind_checked_first(
+    tmp_path: Path, script: str
+) -> None:
+    """Started from another folder with relative paths: the scripts cd to the repository, so they must
+    resolve the caller's paths first; a VAE given as the judge is refused before any training."""
+    save_vae_checkpoint(tmp_path / "vae.ckpt")
+    args = {"schedule_sweep.sh": ["cpu", "root"], "objectives.sh": ["cpu", "root"]}.get(script, ["root"])
+    env = {"VAE_CKPT": "vae.ckpt", "LDM_CKPT": "vae.ckpt", "CLASSIFIER_CKPT": "vae.ckpt"}
+    if script == "compare.sh":
+        env["VAE_CKPT"] = env["LDM_CKPT"] = str(save_classifier_checkpoint(tmp_path / "judge.ckpt"))
+    done = subprocess.run(
+        ["bash", str(ROOT / "experiments" / script), *args],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    wrong = "VAE_CKPT" if script == "compare.sh" else "CLASSIFIER_CKPT"
+    says = f"is a {'classifier' if script == 'compare.sh' else 'vae'} checkpoint; it must be a"
+    assert done.returncode == 2 and says in done.stderr and wrong in done.stderr, done.stderr
+    assert str(tmp_path) in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "root" / "logs").exists()
