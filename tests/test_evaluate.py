@@ -92,6 +92,14 @@ def test_sampling_options_with_saved_samples_are_refused_not_ignored(
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_a_misspelt_key_added_with_plus_is_refused_with_the_right_name(tmp_path: Path, mnist_dir: Path) -> None:
+    """Hydra's own advice for a typo (+key=...) would add a key the run ignores."""
+    from ldm.cli.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match="clasifier_ckpt= is not a setting here: did you mean classifier_ckpt="):
+        evaluate(_compose(["+clasifier_ckpt=x.ckpt", *_base(tmp_path, mnist_dir)]))
+
+
 def test_bad_samples_file_is_a_clear_error(tmp_path: Path, mnist_dir: Path) -> None:
     from ldm.cli.evaluate import evaluate
 

@@ -28,7 +28,7 @@ from ldm.api import load
 from ldm.checkpoints import checkpoint_kind, checkpoint_of, find_latest
 from ldm.cli import CONF_DIR, handler, resolvers
 from ldm.cli.sampling import plain
-from ldm.cli.typecheck import check_values
+from ldm.cli.typecheck import check_known, check_values
 from ldm.diffusion.objectives import DiffusionObjective
 from ldm.errors import ConfigError
 from ldm.grids import grid_image, save_png
@@ -79,6 +79,7 @@ def _mask(fill: str, size: tuple[int, int]) -> torch.Tensor:
 
 def run(cfg: DictConfig) -> Path:
     """Edit as `cfg` (conf/edit.yaml) asks; returns the path of <out>/<mode>.png."""
+    check_known(cfg.keys(), KEYS, ("paths", "data"))
     values = plain(cfg, KEYS)
     check_values(values, KEYS)
     mode, indices = values["mode"], values["indices"]

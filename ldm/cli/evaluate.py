@@ -28,8 +28,8 @@ from rich.table import Table
 
 from ldm.checkpoints import find_latest, load_classifier
 from ldm.cli import CONF_DIR, handler, resolvers
-from ldm.cli.sampling import draw_from_config, plain
-from ldm.cli.typecheck import check_values
+from ldm.cli.sampling import GROUPS, draw_from_config, plain
+from ldm.cli.typecheck import check_known, check_values
 from ldm.data.source import all_images
 from ldm.errors import ConfigError
 from ldm.io import atomic_write
@@ -108,6 +108,7 @@ def real_images(cfg: DictConfig) -> dict[str, torch.Tensor]:
 
 def evaluate(cfg: DictConfig) -> dict:
     hints = {**config_hints(), **KEYS}
+    check_known(cfg.keys(), hints, GROUPS)
     values = plain(cfg, hints)
     check_values(values, hints)
     check_k(values["k"])  # before anything is sampled

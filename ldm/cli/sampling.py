@@ -11,9 +11,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.checkpoints import find_latest
-from ldm.cli.typecheck import check_config, check_values
+from ldm.cli.typecheck import check_config, check_known, check_values
 from ldm.sample_request import Request, config_hints
 from ldm.sampling import draw
+
+GROUPS = ("sampler", "paths", "data")  # conf/sample.yaml's config groups
 
 
 def plain(cfg: DictConfig, keys: Iterable[str]) -> dict[str, Any]:
@@ -27,6 +29,7 @@ def draw_from_config(cfg: DictConfig, values: dict[str, Any] | None = None) -> P
     """Sample as `cfg` (conf/sample.yaml) asks; returns the path of samples.npz. `values`: its keys, already checked."""
     if values is None:
         hints = config_hints()
+        check_known(cfg.keys(), hints, GROUPS)
         values = plain(cfg, hints)
         check_values(values, hints)
     ckpt = Path(values["ckpt"]) if values["ckpt"] else find_latest(values["registry_dir"], "ldm", key="ckpt")

@@ -10,12 +10,13 @@ the annotation alone is left to the constructor, whose own range checks name the
 
 from __future__ import annotations
 
+import difflib
 import enum
 import inspect
 import os
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -110,6 +111,16 @@ def check_values(values: dict[str, Any], hints: dict[str, Any], where: str = "")
     for name, hint in hints.items():
         if name in values and matches(values[name], hint) is False:
             raise ConfigError(f"{where}{name}={values[name]!r} must be {describe(hint)}")
+
+
+def check_known(keys: Iterable[str], hints: dict[str, Any], groups: tuple[str, ...]) -> None:
+    """Raise ConfigError for a top-level key that is neither a setting (`hints`) nor a config group:
+    Hydra accepts `+num_sample=4` (its own advice for a typo) and the run would ignore it."""
+    for key in keys:
+        if key not in hints and key not in groups and key != "hydra":
+            close = difflib.get_close_matches(key, [*hints, *groups], n=1)
+            hint = f": did you mean {close[0]}=?" if close else ""
+            raise ConfigError(f"{key}= is not a setting here{hint} (--help lists them)")
 
 
 def _check_node(node: dict[str, Any], path: str) -> None:
