@@ -155,26 +155,27 @@ def test_full_disk_while_writing_the_cache_keeps_the_old_cache(tmp_path: Path, m
     assert old.read_bytes() == old_bytes
 
 
+def _train_until_the_disk_fills(tmp_path: Path, mnist_dir: Path, disk: Path, overrides: list[str], step: int) -> str:
+    """Train into `disk`, filled for real after `step` steps; the one-line message of the WriteError."""
+    fill = [
+        "+callbacks.fill._target_=faults.FillDiskAt",
+        f"+callbacks.fill.step={step}",
+        f"+callbacks.fill.folder={disk}",
+    ]
+    cfg = compose_cfg(tmp_path, mnist_dir, [*overrides, *fill])
+    cfg.paths.output_dir = str(disk / "run")
+    with pytest.raises(WriteError) as raised:
+        train(cfg)
+    return str(user_error(raised.value))
+
+
 def test_full_disk_when_the_image_grid_is_written_is_one_line_and_leaves_no_partial_png(
     tmp_path: Path, mnist_dir: Path, small_fs
 ) -> None:
     """The grids of the first validation are the first write after the disk fills (no step checkpoints)."""
     disk = small_fs("4m")
-    cfg = compose_cfg(
-        tmp_path,
-        mnist_dir,
-        [
-            *[o for o in VAE_TINY if o != "callbacks.images=null"],
-            "callbacks.images.every_n_epochs=1",
-            "+callbacks.fill._target_=faults.FillDiskAt",
-            "+callbacks.fill.step=2",
-            f"+callbacks.fill.folder={disk}",
-        ],
-    )
-    cfg.paths.output_dir = str(disk / "run")
-    with pytest.raises(WriteError) as raised:
-        train(cfg)
-    message = str(user_error(raised.value))
+    overrides = [*[o for o in VAE_TINY if o != "callbacks.images=null"], "callbacks.images.every_n_epochs=1"]
+    message = _train_until_the_disk_fills(tmp_path, mnist_dir, disk, overrides, step=2)
     assert "is full" in message and ".png" in message and "\n" not in message, message
     assert not list(disk.rglob("*.tmp")) and not list(disk.rglob("*.png"))
 
@@ -184,20 +185,7 @@ def test_full_disk_during_training_is_one_line_and_loses_only_the_steps_since_th
 ) -> None:
     disk = small_fs("4m")
     overrides = [*VAE_TINY, "callbacks.step_checkpoint.every_n_train_steps=4"]
-    cfg = compose_cfg(
-        tmp_path,
-        mnist_dir,
-        [
-            *overrides,
-            "+callbacks.fill._target_=faults.FillDiskAt",
-            "+callbacks.fill.step=5",
-            f"+callbacks.fill.folder={disk}",
-        ],
-    )
-    cfg.paths.output_dir = str(disk / "run")
-    with pytest.raises(WriteError) as raised:
-        train(cfg)
-    message = str(user_error(raised.value))
+    message = _train_until_the_disk_fills(tmp_path, mnist_dir, disk, overrides, step=5)
     assert "is full" in message and "\n" not in message, message
     last = disk / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 4  # the step-8 save failed; step 4 is intact

@@ -111,3 +111,32 @@ def test_checkpoints_given_relative_to_the_caller_are_found_and_their_kind_check
     assert done.returncode == 2 and says in done.stderr and wrong in done.stderr, done.stderr
     assert str(tmp_path) in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "root" / "logs").exists()
+
+
+def test_a_job_short_of_the_sweeps_steps_is_left_out_not_scored(tmp_path: Path, capsys) -> None:
+    """An interrupted job keeps a last.ckpt from an earlier epoch: scoring it would compare unequal steps."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import schedule_sweep
+
+    sweep = tmp_path / "sweep"
+    for job, (schedule, step) in enumerate([("linear", 8), ("sigmoid", 4), ("cosine", None)]):
+        folder = sweep / str(job)
+        (folder / ".hydra" / "t").mkdir(parents=True)
+        (folder / ".hydra" / "t" / "overrides.yaml").write_text(
+            f"- schedule={schedule}\n- parameterization=eps\n- seed=0\n"
+        )
+        (folder / "checkpoints").mkdir()
+        if step is not None:
+            torch.save({"global_step": step}, folder / "checkpoints" / "last.ckpt")
+        (folder / "eval_4").mkdir()  # already scored: collect reads it instead of running evaluate.py
+        (folder / "eval_4" / "metrics.json").write_text(json.dumps({"metrics": {"fid": float(job)}}))
+    (sweep / "2" / "checkpoints" / "last.ckpt").write_bytes(b"cut")  # a job killed while saving
+    rows = schedule_sweep.collect([sweep], "unused.ckpt", 4, [])
+    assert [r["schedule"] for r in rows] == ["linear"] and rows[0]["steps"] == 8
+    said = capsys.readouterr().out
+    assert "1 stopped at step 4 of 8; rerun it (schedule=sigmoid parameterization=eps seed=0)" in said
+    assert "2 has no readable checkpoints/last.ckpt" in said

@@ -118,9 +118,8 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     if values["samples"] and values["ckpt"]:
         raise ConfigError("give samples= (score saved samples) or ckpt= (sample, then score), not both")
-    sampling = {k: values[k] for k in ("steps", "eta", "guidance", "prompt", "labels") if values[k] is not None}
-    sampling |= {"prior": values["prior"]} if values["prior"] != "standard" else {}
-    sampling |= {"sampler": "..."} if cfg.get("sampler") is not None else {}
+    sampling = [k for k in ("steps", "eta", "guidance", "prompt", "labels") if values[k] is not None]
+    sampling += ["prior"] * (values["prior"] != "standard") + ["sampler"] * (cfg.get("sampler") is not None)
     if values["samples"] and sampling:
         raise ConfigError(
             f"samples= scores a saved file as it is, so {', '.join(f'{k}=' for k in sampling)} would be ignored: "
