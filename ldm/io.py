@@ -9,12 +9,13 @@ user error that names the file and the free space, and leaves the previous file 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,15 @@ def _write_error(path: Path, error: BaseException, free: int | None, hint: str) 
     )
 
 
+def _temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+
+
+def _remove(tmp_path: Path) -> None:
+    with contextlib.suppress(OSError):  # never there (a folder that could not be made), or read-only
+        tmp_path.unlink()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], hint: str = "") -> Path:
     """Call `write(tmp_path)`, fsync, then rename tmp_path to `path`. Returns `path`.
 
@@ -80,29 +90,32 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], hint: str = ""
     an interrupt (a signal, Ctrl-C) propagates as it is. Either way the temp file is removed.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise _write_error(path, e, _free_bytes(path.parent) if path.parent.is_dir() else None, hint) from e
-    os.close(fd)
-    tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
+    # The temp name is chosen before the file exists, so that a signal arriving at any point after
+    # its creation (even between the open and the next line) finds a name to clean up.
+    tmp_path = _temp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                break
+            except FileExistsError:
+                tmp_path = _temp_name(path)  # another writer's (a 48-bit collision): leave it alone
         write(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        os.chmod(tmp_path, 0o666 & ~umask)  # 0600 until complete; then the usual permissions
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except Exception as e:
         free = _free_bytes(path.parent)  # before the temp file is deleted: that is when the disk is full
-        tmp_path.unlink(missing_ok=True)
+        _remove(tmp_path)
         if isinstance(e, WriteError) or not _is_write_failure(e, free):
             raise  # already explained, or a bug in `write`
         raise _write_error(path, e, free, hint) from e
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        _remove(tmp_path)
         raise
     return path
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -96,6 +97,49 @@ def test_sigterm_while_writing_removes_the_partial_file(tmp_path: Path) -> None:
     assert process.returncode == 128 + signal.SIGTERM
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the temp file was removed
+
+
+_SIGNALLED_WRITER = """
+import os, signal, sys, time
+from pathlib import Path
+from ldm.io import atomic_write_json
+class Stop(BaseException): pass  # what our SIGTERM/SIGINT handlers raise: not an Exception
+armed = False
+def stop(*_):
+    global armed
+    if armed:  # only inside the try below
+        armed = False
+        raise Stop
+signal.signal(signal.SIGUSR1, stop)
+folder, writes, signalled = Path(sys.argv[1]), 0, 0
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        armed = True
+        atomic_write_json(folder / "state.json", {"writes": writes})
+        armed = False
+        writes += 1
+    except Stop:
+        signalled += 1
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the parent may still be signalling
+print(writes, signalled, flush=True)
+"""
+
+
+def test_a_signal_at_any_moment_of_a_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    """Thousands of signals land at random points of small atomic writes (including the instant
+    between creating the temp file and the code that cleans it up): none leaves a temp file."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SIGNALLED_WRITER, str(tmp_path), "4"], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "ready"
+    while process.poll() is None:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(random.uniform(0, 0.002))  # a write takes ~0.3 ms: some finish, most are cut
+    writes, signalled = map(int, process.stdout.read().split())
+    assert process.returncode == 0 and signalled > 500 and writes > 100, (writes, signalled)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 def test_sigint_to_a_training_process_saves_the_step_and_exits_130(tmp_path: Path, mnist_dir: Path) -> None:
