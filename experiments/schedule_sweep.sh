@@ -32,6 +32,7 @@ classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
 [[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
 need_checkpoint "$vae" vae VAE_CKPT
 need_checkpoint "$classifier" classifier CLASSIFIER_CKPT
+python -c "import matplotlib" 2>/dev/null || { echo 'fid.png needs matplotlib: pip install -e ".[plot]"' >&2; exit 2; }
 grid=(${GRID:-schedule=linear,scaled_linear,cosine,sigmoid,interpolation parameterization=eps,v seed=0,1})
 before=$(ls -d "$root"/logs/ldm/multiruns/*/ 2>/dev/null | sort | tail -1 || true)
 cmd=(python train.py -m model=ldm "${grid[@]}" "${budget[@]}" "vae_ckpt=$vae" "paths.root_dir=$root"

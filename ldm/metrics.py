@@ -86,6 +86,12 @@ class ClassifierFeatures(nn.Module):
             return features, self.classifier.head(features)
 
 
+def judge_digest(classifier: nn.Module) -> str:
+    """sha256 of the judge's weights: metrics are comparable only between equal digests (a retrained
+    classifier, even with the same command, is another feature space)."""
+    return update_hash(hashlib.sha256(b"ldm-judge-v1"), classifier.state_dict()).hexdigest()
+
+
 def extract(images: Tensor, extractor: ClassifierFeatures, batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """Features (N, d) and logits (N, num_classes) of many images, in batches, on the CPU."""
     outputs = [extractor.features_and_logits(chunk) for chunk in images.split(batch_size)]

@@ -133,10 +133,59 @@ def test_a_job_short_of_the_sweeps_steps_is_left_out_not_scored(tmp_path: Path, 
         if step is not None:
             torch.save({"global_step": step}, folder / "checkpoints" / "last.ckpt")
         (folder / "eval_4").mkdir()  # already scored: collect reads it instead of running evaluate.py
-        (folder / "eval_4" / "metrics.json").write_text(json.dumps({"metrics": {"fid": float(job)}}))
+        (folder / "eval_4" / "metrics.json").write_text(
+            json.dumps({"metrics": {"fid": float(job)}, "classifier_sha256": "the judge"})
+        )
     (sweep / "2" / "checkpoints" / "last.ckpt").write_bytes(b"cut")  # a job killed while saving
-    rows = schedule_sweep.collect([sweep], "unused.ckpt", 4, [])
+    rows = schedule_sweep.collect([sweep], schedule_sweep.Judge(Path("unused.ckpt"), "the judge"), 4, [])
     assert [r["schedule"] for r in rows] == ["linear"] and rows[0]["steps"] == 8
     said = capsys.readouterr().out
     assert "1 stopped at step 4 of 8; rerun it (schedule=sigmoid parameterization=eps seed=0)" in said
     assert "2 has no readable checkpoints/last.ckpt" in said
+
+
+def _report(folder: Path, judge: str, points: list[tuple[str, str]]) -> Path:
+    """An earlier report folder: sweep.json and, per row, samples.npz + metrics.json by `judge`."""
+    rows = []
+    for i, (schedule, param) in enumerate(points):
+        name = f"{schedule}.{param}.seed0"
+        (folder / name).mkdir(parents=True)
+        images = np.random.default_rng(i).integers(0, 256, (16, 28, 28), dtype=np.uint8)
+        np.savez_compressed(folder / name / "samples.npz", images=images)
+        (folder / name / "metrics.json").write_text(json.dumps({"metrics": {"fid": 9.0}, "classifier_sha256": judge}))
+        rows.append({"folder": name, "steps": 8, "schedule": schedule, "parameterization": param, "seed": "0"})
+    (folder / "sweep.json").write_text(json.dumps(rows))
+    return folder / "sweep.json"
+
+
+def test_an_earlier_report_is_rescored_when_its_judge_differs_and_copied_into_the_new_one(
+    tmp_path: Path, mnist_dir: Path, monkeypatch, capsys
+) -> None:
+    """Rows of a committed report join the table only as scored by this run's judge: a retrained
+    classifier (another feature space) re-scores their saved samples; the same one reads them."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import schedule_sweep
+
+    monkeypatch.setenv("LDM_DATA_DIR", str(mnist_dir))
+    judge = schedule_sweep.Judge.load(save_classifier_checkpoint(tmp_path / "judge.ckpt", seed=1))
+    scored = _report(tmp_path / "old", "another judge", [("linear", "eps"), ("sigmoid", "v")])
+    samples = (tmp_path / "old" / "linear.eps.seed0" / "samples.npz").read_bytes()
+    extra = ["data.val_size=64", "device=cpu"]
+    rows = schedule_sweep.keep(schedule_sweep.collect([], judge, 16, extra, [scored]), tmp_path / "new")
+    assert capsys.readouterr().out.count("re-scoring") == 2
+    assert [r["folder"] for r in rows] == ["linear.eps.seed0", "sigmoid.v.seed0"]
+    for row in rows:
+        metrics = json.loads((tmp_path / "old" / row["folder"] / "metrics.json").read_text())
+        assert metrics["classifier_sha256"] == judge.digest and row["metrics"] == metrics["metrics"]
+        assert metrics["metrics"]["fid"] != 9.0 and row["floor_fid"] == metrics["floor"]["fid"]
+        assert json.loads((tmp_path / "new" / row["folder"] / "metrics.json").read_text()) == metrics
+    assert (tmp_path / "new" / "linear.eps.seed0" / "samples.npz").read_bytes() == samples
+    (tmp_path / "new" / "sweep.json").write_text(json.dumps(rows))  # what main writes
+
+    again = schedule_sweep.collect([], judge, 16, extra, [tmp_path / "new" / "sweep.json"])  # the same judge
+    assert "re-scoring" not in capsys.readouterr().out and schedule_sweep.keep(again, tmp_path / "new") == rows
+
+    with pytest.raises(SystemExit, match="linear/eps/0 appears twice"):
+        schedule_sweep.collect([], judge, 16, extra, [scored, tmp_path / "new" / "sweep.json"])

@@ -33,7 +33,7 @@ from ldm.cli.typecheck import check_known, check_values
 from ldm.data.source import all_images
 from ldm.errors import ConfigError
 from ldm.io import atomic_write
-from ldm.metrics import ClassifierFeatures, cached_reference_features, real_floor, sample_metrics
+from ldm.metrics import ClassifierFeatures, cached_reference_features, judge_digest, real_floor, sample_metrics
 from ldm.models.classifier import MNISTClassifier
 from ldm.sample_request import config_hints, pick_device
 from ldm.samples import SamplesError, load_samples
@@ -148,6 +148,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "samples": str(samples),
             "num_samples": len(images),
             "classifier": str(classifier_ckpt),
+            "classifier_sha256": judge_digest(classifier),
             "reference": f"{len(reference)} test images",
             "metrics": sample_metrics(images, reference, extractor, labels=labels, k=k, seed=seed),
         }
