@@ -77,7 +77,12 @@ def test_evaluate_samples_a_checkpoint_first(tmp_path: Path, mnist_dir: Path) ->
 
 @pytest.mark.parametrize(
     "overrides, named",
-    [(["prior=fitted"], "prior="), (["sampler=ddpm", "steps=10"], "steps=, sampler="), (["guidance=2"], "guidance=")],
+    [
+        (["prior=fitted"], "prior="),
+        (["sampler=ddpm", "steps=10"], "steps=, sampler="),
+        (["guidance=2"], "guidance="),
+        (["num_samples=5", "trajectory=true", "grid_size=4"], "num_samples=, trajectory=, grid_size="),
+    ],
 )
 def test_sampling_options_with_saved_samples_are_refused_not_ignored(
     tmp_path: Path, mnist_dir: Path, overrides: list[str], named: str

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from ldm.errors import ConfigError
 from ldm.io import atomic_write
 from ldm.metrics import ClassifierFeatures, cached_reference_features, judge_digest, real_floor, sample_metrics
 from ldm.models.classifier import MNISTClassifier
-from ldm.sample_request import config_hints, pick_device
+from ldm.sample_request import Request, config_hints, pick_device
 from ldm.samples import SamplesError, load_samples
 
 log = logging.getLogger("evaluate")
@@ -49,6 +50,9 @@ KEYS = {
     "floor": bool,
     "json": str | None,
 }
+
+
+SCORING = ("out", "seed", "device")  # the sampling keys scoring saved samples uses too (out: its log folder)
 
 
 def check_samples(
@@ -74,6 +78,17 @@ def check_k(k: int, **counts: int) -> None:
         bound = f" and < the number of {name} ({fewest})" if fewest is not None else ""
         raise ConfigError(
             f"k={k} must be >= 1{bound}: precision/recall use each point's k-th nearest neighbour (default k=3)"
+        )
+
+
+def check_counts(k: int, num_samples: int, real: dict[str, torch.Tensor], floor: bool) -> None:
+    """k below every set's size; with floor=true, as many real train digits as samples."""
+    counts = {"samples": num_samples, "real test images": len(real["test"])}
+    check_k(k, **counts, **({"real train images": len(real["train"])} if floor else {}))
+    if floor and num_samples > len(real["train"]):  # before any scoring: the floor needs as many
+        raise ConfigError(
+            f"floor=true scores as many real train digits as there are samples ({num_samples}), but the data has "
+            f"{len(real['train'])}: score fewer samples, or pass floor=false"
         )
 
 
@@ -118,27 +133,26 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     if values["samples"] and values["ckpt"]:
         raise ConfigError("give samples= (score saved samples) or ckpt= (sample, then score), not both")
-    sampling = [k for k in ("steps", "eta", "guidance", "prompt", "labels") if values[k] is not None]
-    sampling += ["prior"] * (values["prior"] != "standard") + ["sampler"] * (cfg.get("sampler") is not None)
+    # What only drawing uses (conf/sample.yaml's defaults are Request's): a saved file ignores them.
+    sampling = [f.name for f in fields(Request) if f.name not in SCORING and values[f.name] != f.default]
+    sampling += ["sampler"] * (cfg.get("sampler") is not None)
     if values["samples"] and sampling:
         raise ConfigError(
             f"samples= scores a saved file as it is, so {', '.join(f'{k}=' for k in sampling)} would be ignored: "
             "drop them, or leave samples= unset and give ckpt= to sample with them first"
         )
     device = pick_device(values["device"])
-    samples = Path(values["samples"]) if values["samples"] else draw_from_config(cfg, values)
-    images, labels = load_samples(samples)
-    check_k(values["k"], samples=len(images))
-    classifier_ckpt, classifier = classifier_from(values)
+    if values["samples"]:
+        samples = Path(values["samples"])
+        images, labels = load_samples(samples)
+    classifier_ckpt, classifier = classifier_from(values)  # the judge, the data and the counts before any drawing
     real = real_images(cfg)
+    if not values["samples"]:
+        check_counts(values["k"], values["num_samples"], real, values["floor"])
+        samples = draw_from_config(cfg, values)
+        images, labels = load_samples(samples)
     check_samples(samples, images, labels, classifier, real["test"])
-    counts = {"samples": len(images), "real test images": len(real["test"])}
-    check_k(values["k"], **counts, **({"real train images": len(real["train"])} if values["floor"] else {}))
-    if values["floor"] and len(images) > len(real["train"]):  # before any scoring: the floor needs as many
-        raise ConfigError(
-            f"floor=true scores as many real train digits as there are samples ({len(images)}), but the data has "
-            f"{len(real['train'])}: score fewer samples, or pass floor=false"
-        )
+    check_counts(values["k"], len(images), real, values["floor"])
     extractor = ClassifierFeatures(classifier).to(device)
     with phase(f"features of the {len(real['test'])} real test digits (cached after the first run)"):
         reference = cached_reference_features(real["test"], extractor, values["cache_dir"])
