@@ -4,6 +4,7 @@ bad samples files, labels, k and an unwritable JSON path (the table is printed f
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,27 @@ def test_evaluate_samples_a_checkpoint_first(tmp_path: Path, mnist_dir: Path) ->
     )
     assert (out / "samples.npz").is_file() and (out / "metrics.json").is_file()
     assert set(result["metrics"]) == KEYS and "floor" not in result
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["num_samples=3", "k=3"], "k=3 must be >= 1 and < the number of samples (3)"),
+        (["num_samples=400"], "floor=true scores as many real train digits as there are samples (400)"),
+        (["classifier_ckpt=/nonexistent.ckpt"], "classifier_ckpt=/nonexistent.ckpt does not exist"),
+    ],
+)
+def test_counts_and_the_judge_are_checked_before_any_drawing(
+    tmp_path: Path, mnist_dir: Path, overrides: list[str], says: str
+) -> None:
+    """A k, a sample count or a judge that cannot work is found before the (long) drawing, not after."""
+    from ldm.cli.evaluate import evaluate
+
+    vae = save_vae_checkpoint(tmp_path / "vae.ckpt")
+    cfg = _compose([f"ckpt={vae}", f"out={tmp_path / 'out'}", *_base(tmp_path, mnist_dir), *overrides])
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        evaluate(cfg)
+    assert not (tmp_path / "out" / "samples.npz").exists()
 
 
 @pytest.mark.parametrize(
