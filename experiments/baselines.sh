@@ -17,12 +17,10 @@ root=$(realpath -m "${1:?usage: baselines.sh ROOT [N]}")
 n=${2:-10000}
 [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
-source "$here/experiments/lib.sh"  # latest, absolute_env, need_checkpoint
+source "$here/experiments/lib.sh"  # latest, absolute_env, need_checkpoint, stage_checkpoint
 absolute_env VAE_CKPT LDM_CKPT CLASSIFIER_CKPT LDM_DATA_DIR
 cd "$here"
-classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
-[[ -f $classifier ]] || { echo "CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
-need_checkpoint "$classifier" classifier CLASSIFIER_CKPT
+classifier=$(stage_checkpoint CLASSIFIER_CKPT classifier "$root/logs/latest/classifier.json")
 if [[ -n ${VAE_CKPT:-} ]]; then need_checkpoint "$VAE_CKPT" vae VAE_CKPT; fi
 if [[ -n ${LDM_CKPT:-} ]]; then need_checkpoint "$LDM_CKPT" ldm LDM_CKPT; fi
 out="$root/baselines"

@@ -14,16 +14,13 @@ for count in "$n" "$n_ddpm"; do
   [[ $count =~ ^[1-9][0-9]*$ ]] || { echo "N=$count must be a positive number of samples" >&2; exit 2; }
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
-source "$here/experiments/lib.sh"  # latest, absolute_env, need_checkpoint
+source "$here/experiments/lib.sh"  # latest, absolute_env, stage_checkpoint
 absolute_env VAE_CKPT LDM_CKPT CLASSIFIER_CKPT REGISTRY LDM_DATA_DIR
 registry=${REGISTRY:-$here/logs/latest}
 cd "$here"
-vae=${VAE_CKPT:-$(latest "$registry/vae.json")}
-ldm=${LDM_CKPT:-$(latest "$registry/ldm.json")}
-classifier=${CLASSIFIER_CKPT:-$(latest "$registry/classifier.json")}
-need_checkpoint "$vae" vae VAE_CKPT
-need_checkpoint "$ldm" ldm LDM_CKPT
-need_checkpoint "$classifier" classifier CLASSIFIER_CKPT
+vae=$(stage_checkpoint VAE_CKPT vae "$registry/vae.json")
+ldm=$(stage_checkpoint LDM_CKPT ldm "$registry/ldm.json")
+classifier=$(stage_checkpoint CLASSIFIER_CKPT classifier "$registry/classifier.json")
 extra=${EXTRA:-}
 mkdir -p "$out"
 

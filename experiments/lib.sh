@@ -33,3 +33,14 @@ if found != kind and not (kind == "vae" and found == "ae"):
     sys.exit(f"{name}={path} is a {found} checkpoint; it must be a {kind} one")
 PY
 }
+
+# The checkpoint of one stage, printed: the variable $1 (e.g. VAE_CKPT) when set, else the latest run in
+# the registry file $3; one line and exit 2 unless it exists and was written by a $2 run (vae, ldm, classifier).
+#   vae=$(stage_checkpoint VAE_CKPT vae "$root/logs/latest/vae.json")
+stage_checkpoint() {
+  local path
+  path=${!1:-$(latest "$3")}
+  [[ -f $path ]] || { echo "$1=$path does not exist" >&2; exit 2; }
+  need_checkpoint "$path" "$2" "$1"
+  echo "$path"
+}

@@ -24,14 +24,11 @@ for row in ${ROWS:-}; do
     echo "ROWS: unknown row $row (latent_ddpm latent_flow pixel_ddpm pixel_flow)" >&2; exit 2; }
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
-source "$here/experiments/lib.sh"  # latest, absolute_env, need_checkpoint
+source "$here/experiments/lib.sh"  # latest, absolute_env, stage_checkpoint
 absolute_env VAE_CKPT CLASSIFIER_CKPT LDM_DATA_DIR
 cd "$here"
-vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
-classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
-[[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
-need_checkpoint "$vae" vae VAE_CKPT
-need_checkpoint "$classifier" classifier CLASSIFIER_CKPT
+vae=$(stage_checkpoint VAE_CKPT vae "$root/logs/latest/vae.json")
+classifier=$(stage_checkpoint CLASSIFIER_CKPT classifier "$root/logs/latest/classifier.json")
 
 case $profile in
   cpu)  train=(trainer=cpu trainer.max_epochs="${EPOCHS:-20}" model.unet.base_channels=32 data.batch_size=256

@@ -24,14 +24,11 @@ case $profile in
 esac
 [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N=$n must be a positive number of samples" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
-source "$here/experiments/lib.sh"  # latest, absolute_env, need_checkpoint
+source "$here/experiments/lib.sh"  # latest, absolute_env, stage_checkpoint
 absolute_env VAE_CKPT CLASSIFIER_CKPT LDM_DATA_DIR
 cd "$here"
-vae=${VAE_CKPT:-$(latest "$root/logs/latest/vae.json")}
-classifier=${CLASSIFIER_CKPT:-$(latest "$root/logs/latest/classifier.json")}
-[[ -f $vae && -f $classifier ]] || { echo "VAE_CKPT=$vae or CLASSIFIER_CKPT=$classifier does not exist" >&2; exit 2; }
-need_checkpoint "$vae" vae VAE_CKPT
-need_checkpoint "$classifier" classifier CLASSIFIER_CKPT
+vae=$(stage_checkpoint VAE_CKPT vae "$root/logs/latest/vae.json")
+classifier=$(stage_checkpoint CLASSIFIER_CKPT classifier "$root/logs/latest/classifier.json")
 python -c "import matplotlib" 2>/dev/null || { echo 'fid.png needs matplotlib: pip install -e ".[plot]"' >&2; exit 2; }
 grid=(${GRID:-schedule=linear,scaled_linear,cosine,sigmoid,interpolation parameterization=eps,v seed=0,1})
 before=$(ls -d "$root"/logs/ldm/multiruns/*/ 2>/dev/null | sort | tail -1 || true)
