@@ -3,21 +3,19 @@
 
     python train.py -m model=ldm schedule=linear,scaled_linear,cosine,sigmoid,interpolation \
         parameterization=eps,v seed=0,1 ...                       # experiments/schedule_sweep.sh
-    python experiments/schedule_sweep.py logs/ldm/multiruns/<time> [more sweeps] --classifier C.ckpt --num 2000
+    python experiments/schedule_sweep.py logs/ldm/multiruns/<time> [more sweeps] --classifier C.ckpt --num 2000 \
+        [--scored earlier/sweep.json] [--out REPORT]
 
-Each finished job folder (0, 1, ...) is scored at its last step (equal steps for every job) with
-`evaluate.py ckpt=<job>/checkpoints/last.ckpt num_samples=N` into
-<job>/eval_<N>/ (metrics.json, samples.npz, grid.png; skipped when already there and scored by the
-same judge, re-scored from its samples.npz when another classifier scored it), grouped by the
-job's `schedule`, `parameterization` and `seed` overrides (over all the sweeps given: e.g. one per
-seed). --scored adds the rows of an earlier report's sweep.json (their samples re-scored when
-their judge differs), so a report folder grows seed by seed even after the job folders are gone.
-With --out, each new job's samples.npz, metrics.json and grid.png are copied to
-OUT/<schedule>.<parameterization>.seed<k>/ beside sweep.json and fid.png: the folder to commit. A job that stopped early (its last.ckpt short of the most steps any job reached) or never
-saved one is left out with a line saying so: rerun its configuration as another sweep
-(GRID=... in schedule_sweep.sh) and pass both folders. Writes sweep.json, fid.png (FID per
-schedule, one colour per parameterization, one dot per seed, a bar at the mean) and prints a
-Markdown table with the seed spread.
+Each finished job (0, 1, ...) is scored at its last step with `evaluate.py ckpt=<job>/checkpoints/
+last.ckpt num_samples=N` into <job>/eval_<N>/ (metrics.json, samples.npz, grid.png), grouped by its
+`schedule`, `parameterization` and `seed` overrides. Scores already there are reused only when the
+same judge (the classifier's weight digest) wrote them; otherwise the saved samples are re-scored.
+A job short of the most steps any job reached (interrupted) is left out with a line saying so:
+rerun its configuration as another sweep and pass both folders. --scored adds an earlier report's
+rows (e.g. the committed seed 0), so a report grows seed by seed after the job folders are gone.
+--out REPORT copies each row's samples.npz, metrics.json and grid.png to
+REPORT/<schedule>.<parameterization>.seed<k>/ beside sweep.json and fid.png: the folder to commit.
+Prints a Markdown table with the seed spread (sweep_table.py draws the figure).
 """
 
 from __future__ import annotations
@@ -25,22 +23,25 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
-import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from sweep_table import plot, table  # noqa: E402
 
 from ldm.io import atomic_write, atomic_write_json, safe_load  # noqa: E402
 
 KEPT = ("samples.npz", "metrics.json", "grid.png")  # what a report folder keeps of each scored job
 
 KEYS = ("schedule", "parameterization", "seed")
-SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid", "interpolation")  # plotting order
 
 
 def overrides(job: Path) -> dict[str, str]:
@@ -63,23 +64,44 @@ def _evaluate(command: list[str], what: Path) -> None:
         raise SystemExit(f"evaluate.py failed for {what} (exit {done.returncode}): {why}")
 
 
+def _read(metrics: Path) -> dict | None:
+    """A metrics.json evaluate.py wrote, or None (missing, unreadable, or not one: re-score it)."""
+    try:
+        result = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and isinstance(result.get("metrics"), dict) else None
+
+
 def judged(folder: Path, judge: Judge, extra: list[str], ckpt: Path | None = None, num: int = 0) -> dict:
     """folder/metrics.json as `judge` scores it: read when that judge wrote it; re-scored from
-    folder/samples.npz when another one did; else (a job) sampled from `ckpt` and scored."""
+    folder/samples.npz when another one did (its numbers kept as `earlier_judge`) or it is unreadable;
+    else (a job not scored yet) sampled from `ckpt` and scored."""
     metrics = folder / "metrics.json"
-    if metrics.is_file():
-        result = json.loads(metrics.read_text())
-        if result.get("classifier_sha256") == judge.digest:
-            return result
-    if (folder / "samples.npz").is_file() and (metrics.is_file() or ckpt is None):
-        print(f"re-scoring {folder / 'samples.npz'}: {metrics.name} is another judge's, or none", flush=True)
-        command = [f"samples={folder / 'samples.npz'}", f"json={metrics}"]
+    before = _read(metrics)
+    if before is not None and before.get("classifier_sha256") == judge.digest:
+        return before
+    evaluate = [sys.executable, str(ROOT / "evaluate.py"), f"classifier_ckpt={judge.path}"]
+    if (folder / "samples.npz").is_file() and (metrics.exists() or ckpt is None):
+        why = "another judge's" if before is not None else "unreadable" if metrics.exists() else "missing"
+        print(f"re-scoring {folder / 'samples.npz'}: its {metrics.name} is {why}", flush=True)
+        with tempfile.TemporaryDirectory() as log:  # evaluate.py's log folder (out=): not the report's
+            _evaluate([*evaluate, f"samples={folder / 'samples.npz'}", f"json={metrics}", f"out={log}", *extra], folder)
     elif ckpt is not None:
-        command = [f"ckpt={ckpt}", f"num_samples={num}", f"out={folder}"]
+        _evaluate([*evaluate, f"ckpt={ckpt}", f"num_samples={num}", f"out={folder}", *extra], folder)
     else:
-        raise SystemExit(f"{folder} holds no samples.npz to score: its row cannot be judged")
-    _evaluate([sys.executable, str(ROOT / "evaluate.py"), *command, f"classifier_ckpt={judge.path}", *extra], folder)
-    return json.loads(metrics.read_text())
+        raise SystemExit(
+            f"{folder} holds no samples.npz to score: its row cannot be judged; drop it from its sweep.json"
+        )
+    result = _read(metrics)
+    if result is None:
+        raise SystemExit(f"evaluate.py left no readable {metrics}")
+    if before is not None:  # nothing lost: how the samples were drawn, and what the earlier judge said
+        result.setdefault("sampling", before.get("sampling"))
+        keys = ("classifier", "classifier_sha256", "metrics", "floor")
+        result["earlier_judge"] = {k: before[k] for k in keys if k in before}
+        atomic_write_json(metrics, result)
+    return result
 
 
 def trained_steps(job: Path) -> int | None:
@@ -91,9 +113,20 @@ def trained_steps(job: Path) -> int | None:
         return None
 
 
-def collect(sweeps: list[Path], judge: Judge, num: int, extra: list[str], scored: list[Path] = ()) -> list[dict]:
+def collect(
+    sweeps: list[Path],
+    judge: Judge,
+    num: int,
+    extra: list[str],
+    scored: list[Path] = (),
+    report: Path | None = None,
+    copy: bool = False,
+) -> list[dict]:
     """Score every finished job of `sweeps` and take the rows of the `scored` sweep.json files, all by
-    `judge`: equal steps, so a job or row short of the most steps is left out."""
+    `judge`: equal steps, so a job or row short of the most steps is left out. Rows name their folders
+    relative to `report` (where sweep.json goes; default: the last sweep). With `copy`, each row's files
+    go to report/<schedule>.<parameterization>.seed<k>/ (an earlier report's row is copied before it is
+    re-scored: the report it came from is never written)."""
     jobs = []
     for sweep in sweeps:
         found = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
@@ -106,13 +139,12 @@ def collect(sweeps: list[Path], judge: Judge, num: int, extra: list[str], scored
         raise SystemExit(
             f"no job of {' '.join(map(str, sweeps))} has a checkpoints/last.ckpt yet: let them train first"
         )
-    rows = []
+    todo = []  # (row without scores, its folder, the checkpoint to sample if it has no samples yet)
     for path, row in earlier:
         if row["steps"] != steps:
             print(f"left out: {row['folder']} of {path}: {row['steps']} steps, not {steps}", flush=True)
             continue
-        result = judged(path.parent / row["folder"], judge, extra)
-        rows.append({**row, "folder": str(path.parent / row["folder"]), **_scores(result)})
+        todo.append((row, path.parent / row["folder"], None))
     for sweep, job, n in jobs:
         given = overrides(job)
         if n != steps:
@@ -120,120 +152,60 @@ def collect(sweeps: list[Path], judge: Judge, num: int, extra: list[str], scored
             why = f"stopped at step {n} of {steps}" if n is not None else "has no readable checkpoints/last.ckpt"
             print(f"left out: {job} {why}; rerun it ({grid}) as another sweep", flush=True)
             continue
-        result = judged(job / f"eval_{num}", judge, extra, ckpt=job / "checkpoints" / "last.ckpt", num=num)
-        rows.append(
-            {
-                "job": str(job.relative_to(sweep.parent)),
-                "folder": str(job / f"eval_{num}"),
-                "steps": n,
-                **{key: given.get(key, "default") for key in KEYS},
-                **_scores(result),
-            }
-        )
-    seen: dict[tuple, str] = {}
-    for row in rows:
-        point = tuple(row[key] for key in KEYS)
+        row = {"job": str(job.relative_to(sweep.parent)), "steps": n, **{k: given.get(k, "default") for k in KEYS}}
+        todo.append((row, job / f"eval_{num}", job / "checkpoints" / "last.ckpt"))
+    seen: dict[tuple, Path] = {}
+    for row, folder, _ in todo:  # before any scoring
+        point = point_of(row)
         if point in seen:
-            raise SystemExit(
-                f"{'/'.join(point)} appears twice ({seen[point]} and {row['folder']}): pass each seed once"
-            )
-        seen[point] = row["folder"]
+            raise SystemExit(f"{'/'.join(point)} appears twice ({seen[point]} and {folder}): pass each seed once")
+        seen[point] = folder
+    rows = []
+    for row, folder, ckpt in todo:
+        target = report / "{}.{}.seed{}".format(*point_of(row)) if copy else folder
+        if ckpt is None:
+            _copy(folder, target)
+            result = judged(target, judge, extra)
+        else:
+            result = judged(folder, judge, extra, ckpt=ckpt, num=num)
+            _copy(folder, target)
+        rows.append({**row, "folder": os.path.relpath(target, report or sweeps[-1]), **_scores(result)})
     return rows
 
 
+def point_of(row: dict) -> tuple[str, ...]:
+    return tuple(row[key] for key in KEYS)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """The files a report keeps of one row (written whole or not at all)."""
+    if source.resolve() == target.resolve():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for file in KEPT:
+        if (source / file).is_file():
+            atomic_write(target / file, lambda tmp, src=source / file: shutil.copyfile(src, tmp))
+
+
 def _scores(result: dict) -> dict:
-    return {"metrics": result["metrics"], "floor_fid": result.get("floor", {}).get("fid")}
+    return {"metrics": result["metrics"], "floor_fid": (result.get("floor") or {}).get("fid")}
 
 
 def _rows_of(path: Path) -> list[dict]:
     """The rows of an earlier report's sweep.json, each naming its folder (relative to the file)."""
     try:
         rows = json.loads(path.read_text())
+        if not isinstance(rows, list) or not rows:
+            raise ValueError("it holds no rows (a report's sweep.json is a list of them)")
         for row in rows:
             row["steps"] = int(row["steps"])
-            _ = [row[key] for key in ("folder", *KEYS)]
+            for key in KEYS:  # a seed written as 0 or "0" is one seed
+                row[key] = str(row[key])
+            if not isinstance(row["folder"], str) or Path(row["folder"]).is_absolute():
+                raise ValueError(f"folder {row['folder']!r} must be a path relative to the file")
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"--scored {path}: not a report's sweep.json ({type(e).__name__}: {e})") from None
     return rows
-
-
-def keep(rows: list[dict], out: Path) -> list[dict]:
-    """Copy each row's samples, metrics and grid to out/<schedule>.<parameterization>.seed<k>/; the rows
-    then name those folders relative to `out` (what sweep.json records)."""
-    kept = []
-    for row in rows:
-        source, name = Path(row["folder"]), "{}.{}.seed{}".format(*(row[key] for key in KEYS))
-        target = out / name
-        if source.resolve() != target.resolve():
-            target.mkdir(parents=True, exist_ok=True)
-            for file in KEPT:
-                if (source / file).is_file():
-                    atomic_write(target / file, lambda tmp, src=source / file: shutil.copyfile(src, tmp))
-        kept.append({**row, "folder": name})
-    return kept
-
-
-def table(rows: list[dict]) -> str:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["schedule"], row["parameterization"]), []).append(row)
-    lines = [
-        "| schedule | parameterization | FID per seed | FID mean | KID mean | precision | recall |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for (schedule, param), members in sorted(groups.items(), key=lambda kv: _order(kv[0][0])):
-        members = sorted(members, key=lambda r: r["seed"])
-        fids = [m["metrics"]["fid"] for m in members]
-
-        def mean(key: str, members: list[dict] = members) -> float:
-            return statistics.mean(m["metrics"][key] for m in members)
-
-        lines.append(
-            f"| {schedule} | {param} | "
-            + " / ".join(f"{f:.3f}" for f in fids)
-            + f" | **{statistics.mean(fids):.3f}** | "
-            f"{mean('kid'):.4f} | {mean('precision'):.3f} | {mean('recall'):.3f} |"
-        )
-    floors = [r["floor_fid"] for r in rows if r["floor_fid"] is not None]
-    if floors:
-        lines.append(f"\nFloor (real train digits, same count): FID {statistics.mean(floors):.3f}.")
-    return "\n".join(lines)
-
-
-def _order(schedule: str) -> tuple[int, str]:
-    return (SCHEDULES.index(schedule) if schedule in SCHEDULES else len(SCHEDULES), schedule)
-
-
-def plot(rows: list[dict], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    schedules = sorted({r["schedule"] for r in rows}, key=_order)
-    params = sorted({r["parameterization"] for r in rows})
-    width = 0.8 / len(params)
-    fig, ax = plt.subplots(figsize=(1.6 * len(schedules) + 2, 3.6))
-    for j, param in enumerate(params):
-        colour = f"C{j}"
-        for i, schedule in enumerate(schedules):
-            fids = [r["metrics"]["fid"] for r in rows if r["schedule"] == schedule and r["parameterization"] == param]
-            if not fids:
-                continue
-            x = i + (j - (len(params) - 1) / 2) * width
-            ax.bar(x, statistics.mean(fids), width * 0.9, color=colour, alpha=0.35, label=param if i == 0 else None)
-            ax.scatter([x] * len(fids), fids, color=colour, s=14, zorder=3)
-    floors = [r["floor_fid"] for r in rows if r["floor_fid"] is not None]
-    if floors:
-        ax.axhline(statistics.mean(floors), color="black", lw=0.8, ls="--", label="floor (real digits)")
-    ax.set(xticks=range(len(schedules)), xticklabels=schedules, ylabel="FID (classifier features)")
-    ax.set_title("FID per schedule: bar = mean over seeds, dots = seeds", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return out
 
 
 @dataclass(frozen=True)
@@ -261,8 +233,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--classifier", required=True, help="the judge: a model=classifier checkpoint")
     parser.add_argument("--num", type=int, default=2000, help="samples per job")
     parser.add_argument("--scored", type=Path, nargs="*", default=[], help="earlier reports' sweep.json files")
-    parser.add_argument("--out", type=Path, help="the report folder: sweep.json, fid.png and each row's samples "
-                        "(default: the last sweep folder, rows not copied)")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="the report folder: sweep.json, fid.png and a copy of each row's samples, "
+                        "metrics and grid (default: the last sweep folder, or the --scored file's; nothing copied)")  # fmt: skip
     parser.add_argument("--extra", nargs="*", default=[], help="more evaluate.py overrides (e.g. device=cpu)")
     args = parser.parse_args(argv)
     if args.num < 1:
@@ -279,9 +251,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not path.is_file():
             parser.error(f"--scored {path} is not a file: pass an earlier report's sweep.json")
     out = args.out.resolve() if args.out else (args.sweeps or [p.resolve().parent for p in args.scored])[-1]
-    rows = collect(args.sweeps, Judge.load(args.classifier), args.num, args.extra, [p.resolve() for p in args.scored])
-    if args.out:
-        rows = keep(rows, out)
+    try:  # a report folder that cannot be written is found now, not after an hour of scoring
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(f"{out} is not writable")
+    except OSError as e:
+        parser.error(f"--out {out}: {e.strerror or e}: pass a folder that can be written")
+    scored = [p.resolve() for p in args.scored]
+    rows = collect(args.sweeps, Judge.load(args.classifier), args.num, args.extra, scored, out, copy=bool(args.out))
     atomic_write_json(out / "sweep.json", rows)
     plot(rows, out / "fid.png")
     print(table(rows))

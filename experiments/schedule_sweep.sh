@@ -4,7 +4,8 @@
 #
 #   bash experiments/schedule_sweep.sh cpu  ROOT [N]   # the objective ablation's budget: 1.0M UNet, 4 epochs
 #                                                      # at batch 256 = 860 steps per job (~5 min each on 2 cores)
-#   bash experiments/schedule_sweep.sh tiny ROOT [N]   # a smoke run of the script (seconds per job)
+#   bash experiments/schedule_sweep.sh tiny ROOT [N]   # a smoke run of the script (seconds per job, after
+#                                                      # the one-time latent cache of MNIST: ~2 min on 2 cores)
 #
 # Needs a VAE and a classifier: VAE_CKPT / CLASSIFIER_CKPT, else the latest runs under ROOT. MNIST from
 # LDM_DATA_DIR. SWEEP: more overrides for every job (e.g. data.images.val_size=64 on a small dataset);

@@ -104,6 +104,7 @@ def test_counts_and_the_judge_are_checked_before_any_drawing(
         (["sampler=ddpm", "steps=10"], "steps=, sampler="),
         (["guidance=2"], "guidance="),
         (["num_samples=5", "trajectory=true", "grid_size=4"], "num_samples=, trajectory=, grid_size="),
+        (["num_samples=64", "steps=null"], "num_samples=, steps="),  # at their defaults: still not honoured
     ],
 )
 def test_sampling_options_with_saved_samples_are_refused_not_ignored(

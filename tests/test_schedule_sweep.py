@@ -137,7 +137,7 @@ def test_a_job_short_of_the_sweeps_steps_is_left_out_not_scored(tmp_path: Path, 
             json.dumps({"metrics": {"fid": float(job)}, "classifier_sha256": "the judge"})
         )
     (sweep / "2" / "checkpoints" / "last.ckpt").write_bytes(b"cut")  # a job killed while saving
-    rows = schedule_sweep.collect([sweep], schedule_sweep.Judge(Path("unused.ckpt"), "the judge"), 4, [])
+    rows = schedule_sweep.collect([sweep], schedule_sweep.Judge(Path("unused.ckpt"), "the judge"), 4, [], report=sweep)
     assert [r["schedule"] for r in rows] == ["linear"] and rows[0]["steps"] == 8
     said = capsys.readouterr().out
     assert "1 stopped at step 4 of 8; rerun it (schedule=sigmoid parameterization=eps seed=0)" in said
@@ -152,17 +152,19 @@ def _report(folder: Path, judge: str, points: list[tuple[str, str]]) -> Path:
         (folder / name).mkdir(parents=True)
         images = np.random.default_rng(i).integers(0, 256, (16, 28, 28), dtype=np.uint8)
         np.savez_compressed(folder / name / "samples.npz", images=images)
-        (folder / name / "metrics.json").write_text(json.dumps({"metrics": {"fid": 9.0}, "classifier_sha256": judge}))
+        metrics = {"metrics": {"fid": 9.0}, "classifier_sha256": judge, "sampling": {"seconds": 1.5}}
+        (folder / name / "metrics.json").write_text(json.dumps(metrics))
         rows.append({"folder": name, "steps": 8, "schedule": schedule, "parameterization": param, "seed": "0"})
     (folder / "sweep.json").write_text(json.dumps(rows))
     return folder / "sweep.json"
 
 
-def test_an_earlier_report_is_rescored_when_its_judge_differs_and_copied_into_the_new_one(
+def test_an_earlier_report_is_rescored_in_its_copy_when_its_judge_differs(
     tmp_path: Path, mnist_dir: Path, monkeypatch, capsys
 ) -> None:
     """Rows of a committed report join the table only as scored by this run's judge: a retrained
-    classifier (another feature space) re-scores their saved samples; the same one reads them."""
+    classifier (another feature space) re-scores their saved samples, in the new report's copy (the
+    earlier report is not written; its numbers are kept as earlier_judge); the same judge reads them."""
     import sys
 
     sys.path.insert(0, str(ROOT / "experiments"))
@@ -171,21 +173,54 @@ def test_an_earlier_report_is_rescored_when_its_judge_differs_and_copied_into_th
     monkeypatch.setenv("LDM_DATA_DIR", str(mnist_dir))
     judge = schedule_sweep.Judge.load(save_classifier_checkpoint(tmp_path / "judge.ckpt", seed=1))
     scored = _report(tmp_path / "old", "another judge", [("linear", "eps"), ("sigmoid", "v")])
-    samples = (tmp_path / "old" / "linear.eps.seed0" / "samples.npz").read_bytes()
-    extra = ["data.val_size=64", "device=cpu"]
-    rows = schedule_sweep.keep(schedule_sweep.collect([], judge, 16, extra, [scored]), tmp_path / "new")
-    assert capsys.readouterr().out.count("re-scoring") == 2
+    (tmp_path / "old" / "sigmoid.v.seed0" / "metrics.json").write_text('{"trunc')  # unreadable: re-scored too
+    before = {p: p.read_bytes() for p in (tmp_path / "old").rglob("*") if p.is_file()}
+    extra, new = ["data.val_size=64", "device=cpu"], tmp_path / "new"
+    rows = schedule_sweep.collect([], judge, 16, extra, [scored], report=new, copy=True)
+    said = capsys.readouterr().out
+    assert "linear.eps.seed0/samples.npz: its metrics.json is another judge's" in said
+    assert "sigmoid.v.seed0/samples.npz: its metrics.json is unreadable" in said
+    assert {p: p.read_bytes() for p in (tmp_path / "old").rglob("*") if p.is_file()} == before
     assert [r["folder"] for r in rows] == ["linear.eps.seed0", "sigmoid.v.seed0"]
     for row in rows:
-        metrics = json.loads((tmp_path / "old" / row["folder"] / "metrics.json").read_text())
+        metrics = json.loads((new / row["folder"] / "metrics.json").read_text())
         assert metrics["classifier_sha256"] == judge.digest and row["metrics"] == metrics["metrics"]
         assert metrics["metrics"]["fid"] != 9.0 and row["floor_fid"] == metrics["floor"]["fid"]
-        assert json.loads((tmp_path / "new" / row["folder"] / "metrics.json").read_text()) == metrics
-    assert (tmp_path / "new" / "linear.eps.seed0" / "samples.npz").read_bytes() == samples
-    (tmp_path / "new" / "sweep.json").write_text(json.dumps(rows))  # what main writes
+    first = json.loads((new / "linear.eps.seed0" / "metrics.json").read_text())
+    assert first["earlier_judge"]["metrics"] == {"fid": 9.0} and first["sampling"] == {"seconds": 1.5}
+    assert (new / "linear.eps.seed0" / "samples.npz").read_bytes() == before[
+        tmp_path / "old" / "linear.eps.seed0" / "samples.npz"
+    ]
+    (new / "sweep.json").write_text(json.dumps(rows))  # what main writes
 
-    again = schedule_sweep.collect([], judge, 16, extra, [tmp_path / "new" / "sweep.json"])  # the same judge
-    assert "re-scoring" not in capsys.readouterr().out and schedule_sweep.keep(again, tmp_path / "new") == rows
+    again = schedule_sweep.collect([], judge, 16, extra, [new / "sweep.json"], report=new)  # the same judge
+    assert "re-scoring" not in capsys.readouterr().out and again == rows
 
-    with pytest.raises(SystemExit, match="linear/eps/0 appears twice"):
-        schedule_sweep.collect([], judge, 16, extra, [scored, tmp_path / "new" / "sweep.json"])
+
+@pytest.mark.parametrize(
+    "rows, says",
+    [
+        ([], "holds no rows"),
+        ({"folder": "x"}, "holds no rows"),
+        ([{"folder": "x", "steps": 8, "schedule": "linear", "parameterization": "eps"}], "KeyError: 'seed'"),
+        ([{"folder": "/abs", "steps": 8, "schedule": "linear", "parameterization": "eps", "seed": 0}], "relative"),
+        (
+            [
+                {"folder": "a", "steps": 8, "schedule": "linear", "parameterization": "eps", "seed": "0"},
+                {"folder": "b", "steps": 8, "schedule": "linear", "parameterization": "eps", "seed": 0},
+            ],
+            "linear/eps/0 appears twice",
+        ),
+    ],
+)
+def test_a_bad_earlier_report_is_refused_in_one_line_before_any_scoring(tmp_path: Path, rows, says: str) -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import schedule_sweep
+
+    (tmp_path / "sweep.json").write_text(json.dumps(rows))
+    judge = schedule_sweep.Judge(Path("unused.ckpt"), "the judge")  # nothing may be scored
+    with pytest.raises(SystemExit, match=says):
+        schedule_sweep.collect([], judge, 16, [], [tmp_path / "sweep.json"], report=tmp_path / "new", copy=True)
+    assert not (tmp_path / "new").exists()

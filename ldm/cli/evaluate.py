@@ -23,6 +23,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +54,13 @@ KEYS = {
 
 
 SCORING = ("out", "seed", "device")  # the sampling keys scoring saved samples uses too (out: its log folder)
+
+
+def _given_keys() -> set[str]:
+    """The top-level keys of this run's command-line overrides (none outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] for o in HydraConfig.get().overrides.task}
 
 
 def check_samples(
@@ -134,8 +142,10 @@ def evaluate(cfg: DictConfig) -> dict:
     if values["samples"] and values["ckpt"]:
         raise ConfigError("give samples= (score saved samples) or ckpt= (sample, then score), not both")
     # What only drawing uses (conf/sample.yaml's defaults are Request's): a saved file ignores them.
-    sampling = [f.name for f in fields(Request) if f.name not in SCORING and values[f.name] != f.default]
-    sampling += ["sampler"] * (cfg.get("sampler") is not None)
+    given = _given_keys()  # on the command line, even at their default value (num_samples=64)
+    drawing = [f for f in fields(Request) if f.name not in SCORING]
+    sampling = [f.name for f in drawing if values[f.name] != f.default or f.name in given]
+    sampling += ["sampler"] * (cfg.get("sampler") is not None or "sampler" in given)
     if values["samples"] and sampling:
         raise ConfigError(
             f"samples= scores a saved file as it is, so {', '.join(f'{k}=' for k in sampling)} would be ignored: "
