@@ -239,6 +239,18 @@ def test_ldm_without_a_vae_says_how_to_get_one(tmp_path: Path, mnist_dir: Path) 
         train(cfg)
 
 
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"])
+def test_a_bad_vae_ckpt_is_named_before_anything_starts(tmp_path: Path, mnist_dir: Path, content) -> None:
+    """A missing or garbage vae_ckpt= is told as vae_ckpt's problem, before any run folder is used."""
+    given = tmp_path / "vae.ckpt"
+    if content is not None:
+        given.write_bytes(content)
+    cfg = compose_cfg(tmp_path, mnist_dir, ["model=ldm", f"vae_ckpt={given}", *LDM_TINY])
+    with pytest.raises(CheckpointError, match=rf"^vae_ckpt: .*{given}"):
+        train(cfg)
+    assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
 def test_schedule_multirun_shares_one_cache_and_one_wandb_group(tmp_path: Path, mnist_dir: Path) -> None:
     import os
     import subprocess

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ldm.checkpoints import CheckpointError, record_latest
+from ldm.checkpoints import CheckpointError, load_vae, record_latest
 from ldm.cli import CONF_DIR, handler, multirun, resolvers
 from ldm.cli.quiet import quiet
 from ldm.cli.runs import check_run, lock_run, record_config, reported, use_checkpoint
@@ -87,6 +87,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return _run(cfg, output_dir, env_before)
 
 
+def _check_vae_ckpt(cfg: DictConfig) -> None:
+    """The first stage a latent model is given (vae_ckpt=) loads; else one line that names the key."""
+    path = cfg.get("vae_ckpt")
+    if not path or "first_stage" not in cfg:
+        return
+    try:
+        load_vae(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"vae_ckpt: {e}") from None
+
+
 def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -> dict[str, float]:
     if rank_zero_only.rank == 0:  # DDP ranks > 0 re-enter here in processes of their own
         if not (cfg.get("ckpt_path") and cfg.train) and any((output_dir / "checkpoints").glob("*.ckpt")):
@@ -97,6 +108,7 @@ def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -
         config_file = record_config(cfg, output_dir)
         if resolvers.multirun():
             multirun.relaunch_ranks_from(config_file)
+    _check_vae_ckpt(cfg)  # before Lightning's first lines, and naming the setting
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls (Ampere+ GPUs)
 
