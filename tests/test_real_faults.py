@@ -136,9 +136,10 @@ def test_a_signal_at_any_moment_of_a_write_leaves_no_temp_file(tmp_path: Path) -
     assert process.stdout.readline().strip() == "ready"
     while process.poll() is None:
         process.send_signal(signal.SIGUSR1)
-        time.sleep(random.uniform(0, 0.002))  # a write takes ~0.3 ms: some finish, most are cut
+        # a write takes ~0.3 ms here (more where fsync is slow): most are cut, the long pauses let some finish
+        time.sleep(0.02 if random.random() < 0.1 else random.uniform(0, 0.002))
     writes, signalled = map(int, process.stdout.read().split())
-    assert process.returncode == 0 and signalled > 500 and writes > 100, (writes, signalled)
+    assert process.returncode == 0 and signalled > 200 and writes > 10, (writes, signalled)
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
