@@ -14,17 +14,19 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ldm.checkpoints import CheckpointError, load_vae, record_latest
+from ldm.checkpoints import CheckpointError, record_latest
 from ldm.cli import CONF_DIR, handler, multirun, resolvers
 from ldm.cli.quiet import quiet
 from ldm.cli.runs import check_run, lock_run, record_config, reported, use_checkpoint
@@ -87,15 +89,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return _run(cfg, output_dir, env_before)
 
 
-def _check_vae_ckpt(cfg: DictConfig) -> None:
-    """The first stage a latent model is given (vae_ckpt=) loads; else one line that names the key."""
-    path = cfg.get("vae_ckpt")
-    if not path or "first_stage" not in cfg:
-        return
+def _first_stage(cfg: DictConfig) -> dict[str, Any]:
+    """The latent model's first stage, built once and before Lightning's start-up lines, so that a bad
+    `vae_ckpt=` is one line naming it; {} for a model without one (the VAE, the classifier)."""
+    node = cfg.model.get("first_stage")
+    if node is None:
+        return {}
     try:
-        load_vae(path)
-    except CheckpointError as e:
-        raise CheckpointError(f"vae_ckpt: {e}") from None
+        return {"first_stage": hydra.utils.instantiate(node)}
+    except InstantiationException as e:
+        if isinstance(e.__cause__, CheckpointError):
+            raise CheckpointError(f"vae_ckpt: {e.__cause__}") from None
+        raise
 
 
 def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -> dict[str, float]:
@@ -108,7 +113,7 @@ def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -
         config_file = record_config(cfg, output_dir)
         if resolvers.multirun():
             multirun.relaunch_ranks_from(config_file)
-    _check_vae_ckpt(cfg)  # before Lightning's first lines, and naming the setting
+    first_stage = _first_stage(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls (Ampere+ GPUs)
 
@@ -118,7 +123,7 @@ def _run(cfg: DictConfig, output_dir: Path, env_before: dict[str, str | None]) -
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     scale_lr(cfg, trainer.world_size, trainer.accumulate_grad_batches)
-    model = hydra.utils.instantiate(cfg.model)
+    model = hydra.utils.instantiate(cfg.model, **first_stage)
     # Latent data is encoded by, and fits the latent scale of, the model's own first stage.
     shared = {"first_stage": model.first_stage} if "first_stage" in cfg.data and hasattr(model, "first_stage") else {}
     datamodule = hydra.utils.instantiate(cfg.data, **shared)
